@@ -1,0 +1,10 @@
+// attn/attn.hpp: the whole library. Each header below holds one concept and may be included alone.
+#pragma once
+
+#include "attn/common.hpp"
+#include "attn/init.hpp"
+#include "attn/mask.hpp"
+#include "attn/projection.hpp"
+#include "attn/scaled_dot_product.hpp"
+#include "attn/self_attention.hpp"
+#include "attn/softmax.hpp"

@@ -1,0 +1,30 @@
+// attn/common.hpp: the types every attn header shares (the Matrix alias and Options).
+#pragma once
+
+#include <Eigen/Core>
+#include <optional>
+
+static_assert(EIGEN_VERSION_AT_LEAST(3, 4, 0), "attn needs Eigen 3.4 or newer");
+
+#define ATTN_VERSION_MAJOR 0
+#define ATTN_VERSION_MINOR 1
+#define ATTN_VERSION_PATCH 0
+
+namespace attn {
+
+using Index = Eigen::Index;
+
+// Results are row-major: one query, key or token per row, stored contiguously, which is the layout
+// of X·W for row-major X and the one the attention kernels stream through.
+template <class T>
+using Matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+struct Options {
+  // Multiplies Q K^T before the mask is added; unset means 1/sqrt(d_k). Must be finite.
+  std::optional<double> scale = std::nullopt;
+  // Query i may attend key j iff j <= i + (n_k - n_q): the last query sees every key
+  // (bottom-right alignment, as when new queries are appended to a longer cache of keys).
+  bool causal = false;
+};
+
+}  // namespace attn

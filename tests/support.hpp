@@ -1,0 +1,209 @@
+// Test support: an independent long-double reference for attention, tolerances kept in one place,
+// and comparison helpers. Nothing here calls the library's kernels.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <type_traits>
+#include <vector>
+
+namespace attn_test {
+
+using Index = Eigen::Index;
+using Real = long double;
+using RealMatrix = Eigen::Matrix<Real, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using BoolMatrix = Eigen::Matrix<bool, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <class T>
+using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+// Relative tolerances against the long-double reference (the contract).
+template <class T>
+struct Tolerance;
+template <>
+struct Tolerance<float> {
+  static constexpr double rel = 2e-5;
+};
+template <>
+struct Tolerance<double> {
+  static constexpr double rel = 1e-12;
+};
+
+using Scalars = ::testing::Types<float, double>;
+
+// Entries ~ N(0, sigma^2), reproducible from the seed.
+template <class T>
+Mat<T> normal(Index rows, Index cols, std::uint64_t seed, double sigma = 1.0) {
+  std::mt19937_64 gen(seed);
+  std::normal_distribution<double> dist(0.0, sigma);
+  Mat<T> m(rows, cols);
+  for (Index i = 0; i < rows; ++i)
+    for (Index j = 0; j < cols; ++j) m(i, j) = static_cast<T>(dist(gen));
+  return m;
+}
+
+inline BoolMatrix random_bool(Index rows, Index cols, std::uint64_t seed, double p_true = 0.7) {
+  std::mt19937_64 gen(seed);
+  std::bernoulli_distribution dist(p_true);
+  BoolMatrix m(rows, cols);
+  for (Index i = 0; i < rows; ++i)
+    for (Index j = 0; j < cols; ++j) m(i, j) = dist(gen);
+  return m;
+}
+
+template <class Derived>
+RealMatrix to_real(const Eigen::MatrixBase<Derived>& m) {
+  RealMatrix r(m.rows(), m.cols());
+  for (Index i = 0; i < m.rows(); ++i)
+    for (Index j = 0; j < m.cols(); ++j) r(i, j) = static_cast<Real>(m(i, j));
+  return r;
+}
+
+// The textbook definition, in long double, with plain loops:
+//   s_ij = scale * sum_c q_ic k_jc, masked entries -inf, causal: allowed iff j <= i + n_k - n_q;
+//   w_ij = exp(s_ij - max_j s_ij) / sum_j exp(...), or 0 for a row with no allowed key;
+//   o_ic = sum_j w_ij v_jc.
+struct Reference {
+  RealMatrix w;    // weights, n_q x n_k
+  RealMatrix o;    // output, n_q x d_v
+  RealMatrix mag;  // sum_j w_ij |v_jc|: the size of the terms each output entry sums
+};
+
+struct RefMask {
+  const BoolMatrix* allow = nullptr;  // true = may attend
+  const RealMatrix* bias = nullptr;   // additive
+  bool causal = false;
+};
+
+// Row softmax of s; a row with no finite entry (all -inf) becomes 0.
+inline RealMatrix reference_softmax(const RealMatrix& s) {
+  RealMatrix w = RealMatrix::Zero(s.rows(), s.cols());
+  for (Index i = 0; i < s.rows(); ++i) {
+    Real m = -std::numeric_limits<Real>::infinity();
+    for (Index j = 0; j < s.cols(); ++j) m = std::max(m, s(i, j));
+    if (m == -std::numeric_limits<Real>::infinity()) continue;
+    Real sum = 0;
+    for (Index j = 0; j < s.cols(); ++j) sum += std::exp(s(i, j) - m);
+    for (Index j = 0; j < s.cols(); ++j) w(i, j) = std::exp(s(i, j) - m) / sum;
+  }
+  return w;
+}
+
+inline Reference reference_attention(const RealMatrix& q, const RealMatrix& k, const RealMatrix& v,
+                                     Real scale, const RefMask& mask = {}) {
+  const Index n_q = q.rows(), n_k = k.rows(), d = q.cols();
+  RealMatrix s(n_q, n_k);
+  for (Index i = 0; i < n_q; ++i)
+    for (Index j = 0; j < n_k; ++j) {
+      Real dot = 0;
+      for (Index c = 0; c < d; ++c) dot += q(i, c) * k(j, c);
+      s(i, j) = scale * dot;
+      if (mask.bias) s(i, j) += (*mask.bias)(i, j);
+      if ((mask.allow && !(*mask.allow)(i, j)) || (mask.causal && j > i + n_k - n_q))
+        s(i, j) = -std::numeric_limits<Real>::infinity();
+    }
+  Reference r{reference_softmax(s), RealMatrix::Zero(n_q, v.cols()),
+              RealMatrix::Zero(n_q, v.cols())};
+  for (Index i = 0; i < n_q; ++i)
+    for (Index c = 0; c < v.cols(); ++c)
+      for (Index j = 0; j < n_k; ++j) {
+        r.o(i, c) += r.w(i, j) * v(j, c);
+        r.mag(i, c) += r.w(i, j) * std::abs(v(j, c));
+      }
+  return r;
+}
+
+// |got - ref| <= rel * max(|ref|, floor) entrywise.
+template <class Derived>
+::testing::AssertionResult near_rel(const Eigen::MatrixBase<Derived>& got, const RealMatrix& ref,
+                                    double rel, Real floor) {
+  if (got.rows() != ref.rows() || got.cols() != ref.cols())
+    return ::testing::AssertionFailure() << "shape " << got.rows() << "x" << got.cols()
+                                         << " != " << ref.rows() << "x" << ref.cols();
+  for (Index i = 0; i < ref.rows(); ++i)
+    for (Index j = 0; j < ref.cols(); ++j) {
+      const Real g = static_cast<Real>(got(i, j)), e = ref(i, j);
+      const Real bound = static_cast<Real>(rel) * std::max(std::abs(e), floor);
+      if (!(std::abs(g - e) <= bound))
+        return ::testing::AssertionFailure()
+               << "entry (" << i << ", " << j << "): got " << static_cast<double>(g)
+               << ", reference " << static_cast<double>(e) << ", |diff| "
+               << static_cast<double>(std::abs(g - e)) << " > " << static_cast<double>(bound);
+    }
+  return ::testing::AssertionSuccess();
+}
+
+// Weights: relative, with small weights held to an absolute rel * 1e-6.
+template <class T, class Derived>
+::testing::AssertionResult weights_near(const Eigen::MatrixBase<Derived>& got, const Reference& r) {
+  return near_rel(got, r.w, Tolerance<T>::rel, 1e-6L);
+}
+
+// Outputs: relative to the size of the terms summed (sum_j w_ij |v_jc|), the quantity the
+// rounding error of a weighted sum scales with; a plain relative test would fail on cancellation.
+template <class T, class Derived>
+::testing::AssertionResult output_near(const Eigen::MatrixBase<Derived>& got, const Reference& r) {
+  if (got.rows() != r.o.rows() || got.cols() != r.o.cols())
+    return ::testing::AssertionFailure() << "output shape " << got.rows() << "x" << got.cols()
+                                         << " != " << r.o.rows() << "x" << r.o.cols();
+  for (Index i = 0; i < r.o.rows(); ++i)
+    for (Index c = 0; c < r.o.cols(); ++c) {
+      const Real g = static_cast<Real>(got(i, c)), e = r.o(i, c);
+      const Real bound = static_cast<Real>(Tolerance<T>::rel) *
+                         std::max(r.mag(i, c), static_cast<Real>(std::numeric_limits<T>::min()));
+      if (!(std::abs(g - e) <= bound))
+        return ::testing::AssertionFailure()
+               << "output (" << i << ", " << c << "): got " << static_cast<double>(g)
+               << ", reference " << static_cast<double>(e) << ", bound "
+               << static_cast<double>(bound);
+    }
+  return ::testing::AssertionSuccess();
+}
+
+// Row-stochastic: every entry finite and >= 0, each row sums to 1 within the type's tolerance,
+// except rows listed as fully masked, which must be exactly 0.
+template <class Derived>
+::testing::AssertionResult row_stochastic(const Eigen::MatrixBase<Derived>& w,
+                                          const std::vector<Index>& zero_rows = {}) {
+  using T = typename Derived::Scalar;
+  for (Index i = 0; i < w.rows(); ++i) {
+    const bool zero = std::find(zero_rows.begin(), zero_rows.end(), i) != zero_rows.end();
+    Real sum = 0;
+    for (Index j = 0; j < w.cols(); ++j) {
+      const T x = w(i, j);
+      if (!std::isfinite(x) || x < 0 || (zero && x != 0))
+        return ::testing::AssertionFailure() << "w(" << i << ", " << j << ") = " << x;
+      sum += x;
+    }
+    const Real want = zero ? 0 : 1;
+    if (!(std::abs(sum - want) <= static_cast<Real>(Tolerance<T>::rel)))
+      return ::testing::AssertionFailure() << "row " << i << " sums to " << static_cast<double>(sum)
+                                           << ", not " << static_cast<double>(want);
+  }
+  return ::testing::AssertionSuccess();
+}
+
+// Runs `f` and checks that it throws std::invalid_argument whose message holds every one of
+// `parts` (the function's name and the offending shapes).
+template <class F>
+::testing::AssertionResult throws_invalid(F&& f, std::initializer_list<const char*> parts) {
+  try {
+    f();
+  } catch (const std::invalid_argument& e) {
+    const std::string what = e.what();
+    for (const char* p : parts)
+      if (what.find(p) == std::string::npos)
+        return ::testing::AssertionFailure() << "message \"" << what << "\" lacks \"" << p << "\"";
+    return ::testing::AssertionSuccess();
+  } catch (...) {
+    return ::testing::AssertionFailure() << "threw something other than std::invalid_argument";
+  }
+  return ::testing::AssertionFailure() << "did not throw";
+}
+
+}  // namespace attn_test
