@@ -1,0 +1,221 @@
+// The matmul-softmax-matmul core on the shapes of WORKLOAD.md, beside the naive Eigen composition a
+// user would write and beside the machine's ceilings, all in one run so that ratios are honest.
+//
+// Every attention benchmark reports GFLOP/s = 4 h n_q n_k d / s (half for causal); D1 also reports
+// the GB/s of K and V read. Threads are the second argument: Eigen's products use that many
+// (when built with OpenMP), the kernels stay as they are.
+#include <benchmark/benchmark.h>
+
+#include <attn/attn.hpp>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define ATTN_BENCH_HAVE_FMA_ROOF 1
+#endif
+#ifdef ATTN_BENCH_HAVE_CBLAS
+#include <cblas.h>
+#endif
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace {
+
+struct Shape {
+  const char* id;
+  int heads, n_q, n_k, d;
+  bool causal;
+  double flops() const { return (causal ? 2.0 : 4.0) * heads * double(n_q) * n_k * d; }
+};
+
+const Shape kShapes[] = {
+    {"S1", 1, 512, 512, 64, false},   {"S2", 1, 2048, 2048, 64, false},
+    {"S3", 8, 1024, 1024, 64, false}, {"S4", 8, 4096, 4096, 64, false},
+    {"S5", 8, 2048, 2048, 64, true},  {"S6", 8, 1024, 1024, 128, false},
+    {"D1", 32, 1, 4096, 128, false},
+};
+
+void set_threads(int threads) {
+  Eigen::setNbThreads(threads);
+#ifdef ATTN_BENCH_HAVE_CBLAS
+  openblas_set_num_threads(threads);
+#endif
+}
+
+void report(benchmark::State& state, double flops, double bytes = 0) {
+  if (flops > 0)
+    state.counters["GFLOPS"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  if (bytes > 0)
+    state.counters["GBps"] = benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+template <class M>
+std::vector<M> random_heads(int heads, int rows, int cols, unsigned seed) {
+  std::srand(seed);  // Eigen's Random() draws from std::rand
+  std::vector<M> out;
+  for (int h = 0; h < heads; ++h) out.push_back(M::Random(rows, cols));
+  return out;
+}
+
+// What a user writes from the formula: three lines of Eigen, column-major, a mask for causal.
+template <class T>
+void naive(benchmark::State& state, Shape s) {
+  using M = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+  set_threads(int(state.range(0)));
+  const auto q = random_heads<M>(s.heads, s.n_q, s.d, 1), k = random_heads<M>(s.heads, s.n_k, s.d, 2),
+             v = random_heads<M>(s.heads, s.n_k, s.d, 3);
+  M causal_bias = M::Zero(s.n_q, s.n_k);
+  for (int i = 0; i < s.n_q; ++i)
+    for (int j = 0; j < s.n_k; ++j)
+      if (!attn::causal_allows(i, j, s.n_q, s.n_k)) causal_bias(i, j) = -std::numeric_limits<T>::infinity();
+  const T scale = T(1) / std::sqrt(T(s.d));
+  for (auto _ : state) {
+    for (int h = 0; h < s.heads; ++h) {
+      M scores = (q[h] * k[h].transpose()) * scale;
+      if (s.causal) scores += causal_bias;
+      M p = (scores.colwise() - scores.rowwise().maxCoeff()).array().exp();
+      M o = (p.array().colwise() / p.rowwise().sum().array()).matrix() * v[h];
+      benchmark::DoNotOptimize(o.data());
+    }
+  }
+  report(state, s.flops(), s.n_q == 1 ? 2.0 * s.heads * s.n_k * s.d * sizeof(T) : 0);
+}
+
+template <class T>
+void library(benchmark::State& state, Shape s) {
+  using M = attn::Matrix<T>;
+  set_threads(int(state.range(0)));
+  const auto q = random_heads<M>(s.heads, s.n_q, s.d, 1), k = random_heads<M>(s.heads, s.n_k, s.d, 2),
+             v = random_heads<M>(s.heads, s.n_k, s.d, 3);
+  const attn::Options options{.causal = s.causal};
+  for (auto _ : state) {
+    for (int h = 0; h < s.heads; ++h) {
+      M o = attn::scaled_dot_product_attention(q[h], k[h], v[h], options);
+      benchmark::DoNotOptimize(o.data());
+    }
+  }
+  report(state, s.flops(), s.n_q == 1 ? 2.0 * s.heads * s.n_k * s.d * sizeof(T) : 0);
+}
+
+// A whole layer, projections included: d_model 512, d_k = d_v = 64 fixed, n = 1024.
+void self_attention_forward(benchmark::State& state) {
+  constexpr int d_model = 512, d = 64, n = 1024;
+  set_threads(int(state.range(0)));
+  const attn::SelfAttention<float, d> layer(d_model);
+  std::srand(4);
+  const attn::Matrix<float> x = attn::Matrix<float>::Random(n, d_model);
+  for (auto _ : state) {
+    attn::Matrix<float> o = layer.forward(x);
+    benchmark::DoNotOptimize(o.data());
+  }
+  report(state, 3 * 2.0 * n * d_model * d + 4.0 * n * n * d);
+}
+
+// --- Ceilings of the machine, measured in the same run -------------------------------------
+
+#ifdef ATTN_BENCH_HAVE_FMA_ROOF
+// 12 independent 8-wide FMA chains in registers: enough in flight to cover the FMA latency on
+// both pipes, so this is the arithmetic limit of a core.
+double fma_chains(long iterations) {
+  __m256 acc[12];
+  for (int c = 0; c < 12; ++c) acc[c] = _mm256_set1_ps(float(c) * 1e-3f);
+  const __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);
+  for (long i = 0; i < iterations; ++i)
+    for (int c = 0; c < 12; ++c) acc[c] = _mm256_fmadd_ps(acc[c], a, b);
+  __m256 sum = acc[0];
+  for (int c = 1; c < 12; ++c) sum = _mm256_add_ps(sum, acc[c]);
+  return double(_mm256_cvtss_f32(sum));
+}
+
+void fma_roof(benchmark::State& state) {
+  const int threads = int(state.range(0));
+  constexpr long iterations = 1 << 22;
+  for (auto _ : state) {
+    double sink = 0;
+#pragma omp parallel for num_threads(threads) reduction(+ : sink)
+    for (int t = 0; t < threads; ++t) sink += fma_chains(iterations);
+    benchmark::DoNotOptimize(sink);
+  }
+  report(state, double(threads) * iterations * 12 * 8 * 2);
+}
+#endif
+
+#ifdef ATTN_BENCH_HAVE_CBLAS
+void sgemm_1024(benchmark::State& state) {
+  constexpr int n = 1024;
+  set_threads(int(state.range(0)));
+  const attn::Matrix<float> a = attn::Matrix<float>::Random(n, n), b = attn::Matrix<float>::Random(n, n);
+  attn::Matrix<float> c(n, n);
+  for (auto _ : state) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(), n,
+                0.0f, c.data(), n);
+    benchmark::DoNotOptimize(c.data());
+  }
+  report(state, 2.0 * n * n * n);
+}
+#endif
+
+// Summing a 256 MiB array: the rate at which a decode step can stream its KV cache.
+void read_bandwidth(benchmark::State& state) {
+  const int threads = int(state.range(0));
+  const Eigen::Index n = (Eigen::Index(256) << 20) / sizeof(float);
+  const Eigen::VectorXf data = Eigen::VectorXf::Ones(n);
+  for (auto _ : state) {
+    float sum = 0;
+#pragma omp parallel for num_threads(threads) reduction(+ : sum)
+    for (int t = 0; t < threads; ++t) {
+      const Eigen::Index begin = n * t / threads, end = n * (t + 1) / threads;
+      sum += data.segment(begin, end - begin).sum();
+    }
+    benchmark::DoNotOptimize(sum);
+  }
+  report(state, 0, double(n) * sizeof(float));
+}
+
+std::vector<int> thread_counts() {
+#ifdef _OPENMP
+  return {1, 2};
+#else
+  return {1};
+#endif
+}
+
+void register_all() {
+  const auto threads = thread_counts();
+  const auto add = [&](const std::string& name, auto fn) {
+    auto* b = benchmark::RegisterBenchmark(name.c_str(), fn);
+    for (int t : threads) b->Arg(t);
+    b->ArgName("threads")->UseRealTime()->Unit(benchmark::kMillisecond);
+  };
+#ifdef ATTN_BENCH_HAVE_FMA_ROOF
+  add("ceiling/fma_roof", fma_roof);
+#endif
+#ifdef ATTN_BENCH_HAVE_CBLAS
+  add("ceiling/sgemm_1024", sgemm_1024);
+#endif
+  add("ceiling/read_bandwidth", read_bandwidth);
+  for (const Shape& s : kShapes) {
+    add(std::string("naive/") + s.id, [s](benchmark::State& st) { naive<float>(st, s); });
+    add(std::string("attn/") + s.id, [s](benchmark::State& st) { library<float>(st, s); });
+  }
+  // double, on the encoder-layer shape
+  add("naive_double/S3", [](benchmark::State& st) { naive<double>(st, kShapes[2]); });
+  add("attn_double/S3", [](benchmark::State& st) { library<double>(st, kShapes[2]); });
+  add("self_attention_forward/n1024_dmodel512_dk64", self_attention_forward);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  register_all();
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,25 @@
+# Runs bench_attention, keeps its JSON, then prints the comparison table and draws the chart.
+# Called by CTest (see CMakeLists.txt); BENCH, ARGS, OUT_DIR, PYTHON, REPORT and GNUPLOT are set.
+file(MAKE_DIRECTORY "${OUT_DIR}")
+set(json "${OUT_DIR}/attn_bench.json")
+separate_arguments(ARGS UNIX_COMMAND "${ARGS}")
+execute_process(
+  COMMAND "${BENCH}" ${ARGS} "--benchmark_out=${json}" --benchmark_out_format=json
+  RESULT_VARIABLE status)
+if(NOT status EQUAL 0)
+  message(FATAL_ERROR "bench_attention failed (${status})")
+endif()
+if(NOT PYTHON)
+  message(WARNING "python3 not found: the JSON is at ${json}; install python3 for the table and chart")
+  return()
+endif()
+set(report_args "${json}" --markdown "${OUT_DIR}/attn_bench.md")
+if(GNUPLOT)
+  list(APPEND report_args --png "${OUT_DIR}/attn_bench.png" --gnuplot "${GNUPLOT}")
+else()
+  message(WARNING "gnuplot not found: no chart (apt-get install gnuplot-nox)")
+endif()
+execute_process(COMMAND "${PYTHON}" "${REPORT}" ${report_args} RESULT_VARIABLE status)
+if(NOT status EQUAL 0)
+  message(FATAL_ERROR "report.py failed (${status})")
+endif()
