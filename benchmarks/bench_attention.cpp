@@ -49,9 +49,11 @@ void set_threads(int threads) {
 
 void report(benchmark::State& state, double flops, double bytes = 0) {
   if (flops > 0)
-    state.counters["GFLOPS"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+    state.counters["GFLOPS"] =
+        benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   if (bytes > 0)
-    state.counters["GBps"] = benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+    state.counters["GBps"] =
+        benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
 template <class M>
@@ -67,12 +69,14 @@ template <class T>
 void naive(benchmark::State& state, Shape s) {
   using M = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
   set_threads(int(state.range(0)));
-  const auto q = random_heads<M>(s.heads, s.n_q, s.d, 1), k = random_heads<M>(s.heads, s.n_k, s.d, 2),
+  const auto q = random_heads<M>(s.heads, s.n_q, s.d, 1),
+             k = random_heads<M>(s.heads, s.n_k, s.d, 2),
              v = random_heads<M>(s.heads, s.n_k, s.d, 3);
   M causal_bias = M::Zero(s.n_q, s.n_k);
   for (int i = 0; i < s.n_q; ++i)
     for (int j = 0; j < s.n_k; ++j)
-      if (!attn::causal_allows(i, j, s.n_q, s.n_k)) causal_bias(i, j) = -std::numeric_limits<T>::infinity();
+      if (!attn::causal_allows(i, j, s.n_q, s.n_k))
+        causal_bias(i, j) = -std::numeric_limits<T>::infinity();
   const T scale = T(1) / std::sqrt(T(s.d));
   for (auto _ : state) {
     for (int h = 0; h < s.heads; ++h) {
@@ -90,7 +94,8 @@ template <class T>
 void library(benchmark::State& state, Shape s) {
   using M = attn::Matrix<T>;
   set_threads(int(state.range(0)));
-  const auto q = random_heads<M>(s.heads, s.n_q, s.d, 1), k = random_heads<M>(s.heads, s.n_k, s.d, 2),
+  const auto q = random_heads<M>(s.heads, s.n_q, s.d, 1),
+             k = random_heads<M>(s.heads, s.n_k, s.d, 2),
              v = random_heads<M>(s.heads, s.n_k, s.d, 3);
   const attn::Options options{.causal = s.causal};
   for (auto _ : state) {
@@ -149,7 +154,8 @@ void fma_roof(benchmark::State& state) {
 void sgemm_1024(benchmark::State& state) {
   constexpr int n = 1024;
   set_threads(int(state.range(0)));
-  const attn::Matrix<float> a = attn::Matrix<float>::Random(n, n), b = attn::Matrix<float>::Random(n, n);
+  const attn::Matrix<float> a = attn::Matrix<float>::Random(n, n),
+                            b = attn::Matrix<float>::Random(n, n);
   attn::Matrix<float> c(n, n);
   for (auto _ : state) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(), n,
