@@ -1,7 +1,8 @@
 # How attn finds what it builds with: find_package first (Debian, Homebrew, vcpkg and Conan all
 # provide config packages), then, if ATTN_FETCH_DEPENDENCIES is on, a download through FetchContent.
 # A machine that has neither gets one line naming the package to install, not a page of git errors:
-# the archive is downloaded once by hand first, and FetchContent only unpacks it.
+# the archive is downloaded once by hand first, and FetchContent only unpacks it. (The messages
+# start with a space because CMake reflows unindented error text over several lines.)
 
 include(FetchContent)
 
@@ -16,7 +17,7 @@ set(ATTN_INSTALL_HINT_benchmark
 function(attn_download name package url out)
   set(what "${package} was not found by find_package")
   if(NOT ATTN_FETCH_DEPENDENCIES)
-    message(FATAL_ERROR "attn: ${what} (ATTN_FETCH_DEPENDENCIES is OFF); install it: ${ATTN_INSTALL_HINT_${package}}")
+    message(FATAL_ERROR " attn: ${what} (ATTN_FETCH_DEPENDENCIES is OFF); install it: ${ATTN_INSTALL_HINT_${package}}")
   endif()
   get_filename_component(file "${url}" NAME)
   set(archive "${CMAKE_BINARY_DIR}/_deps/${name}-archive/${file}")
@@ -27,7 +28,7 @@ function(attn_download name package url out)
     if(NOT code EQUAL 0)
       list(GET status 1 reason)
       file(REMOVE "${archive}.part")
-      message(FATAL_ERROR "attn: ${what} and could not be downloaded (${reason}); install it: ${ATTN_INSTALL_HINT_${package}}")
+      message(FATAL_ERROR " attn: ${what} and could not be downloaded (${reason}); install it: ${ATTN_INSTALL_HINT_${package}}")
     endif()
     file(RENAME "${archive}.part" "${archive}")
   endif()
