@@ -4,6 +4,7 @@
 #include "attn/common.hpp"
 #include "attn/init.hpp"
 #include "attn/mask.hpp"
+#include "attn/online_softmax.hpp"
 #include "attn/projection.hpp"
 #include "attn/scaled_dot_product.hpp"
 #include "attn/self_attention.hpp"

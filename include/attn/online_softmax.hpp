@@ -1,0 +1,144 @@
+// attn/online_softmax.hpp: the streaming softmax state that lets attention run over key tiles
+// without ever holding a whole row of scores (Milakov & Gimelshein 2018; FlashAttention, Dao 2022).
+//
+// For each query row the state keeps the running maximum m and the running sum l of exp(s - m)
+// over the keys seen so far; the caller keeps the unnormalised output acc = sum_j exp(s_j - m) v_j.
+// A new tile of scores S moves the maximum to m' >= m, so everything accumulated so far is scaled
+// by alpha = exp(m - m') before the tile's own terms exp(S - m') are added. After the last tile,
+// O = acc / l, and log-sum-exp = m + log l. Two states over disjoint key ranges merge with the same
+// rule, which is associative, so key ranges can be split across threads and combined in any fixed
+// order.
+#pragma once
+
+#include <Eigen/Core>
+#include <cmath>
+#include <limits>
+
+#include "attn/common.hpp"
+#include "attn/detail/exp.hpp"
+
+namespace attn {
+
+template <class T, int Rows = Eigen::Dynamic>
+class OnlineSoftmax {
+  static_assert(std::is_floating_point_v<T>, "attn::OnlineSoftmax: T must be float or double");
+
+ public:
+  using Scalar = T;
+  using Column = Eigen::Array<T, Rows, 1>;
+  static constexpr int RowsAtCompileTime = Rows;
+
+  // No key seen yet: m = -inf, l = 0.
+  explicit OnlineSoftmax(Index rows = Rows == Eigen::Dynamic ? 0 : Rows)
+      : max_(Column::Constant(rows, -inf)), sum_(Column::Zero(rows)) {}
+
+  Index rows() const noexcept { return max_.rows(); }
+  const Column& running_max() const noexcept { return max_; }
+  const Column& running_sum() const noexcept { return sum_; }
+
+  // Absorb a tile of (scaled, masked) scores, one row per query:
+  //   m' = max(m, max_j s_j),  s_j <- exp(s_j - m'),  alpha = exp(m - m'),  l <- alpha l + sum_j
+  //   s_j.
+  // The scores become the tile's unnormalised weights; the caller must scale what it accumulated
+  // so far by alpha (see rescale) before adding weights * V.
+  template <class DS>
+  void absorb(Eigen::MatrixBase<DS>& scores, Column& alpha) {
+    static_assert(std::is_same_v<typename DS::Scalar, T>, "attn::OnlineSoftmax: scalar mismatch");
+    eigen_assert(scores.rows() == rows());
+    alpha.resize(rows());
+    const detail::FlushedExp<T> exp;
+    for (Index i = 0; i < rows(); ++i) {
+      auto s = scores.row(i);
+      const T tile_max = s.cols() ? s.template maxCoeff<Eigen::PropagateNaN>() : -inf;
+      // NaN in either must win, so that a NaN score poisons its row and only its row.
+      const T m = std::isnan(tile_max) || std::isnan(max_(i)) ? nan : std::max(max_(i), tile_max);
+      if (m == -inf) {  // nothing to attend yet; avoid (-inf) - (-inf) = NaN
+        s.setZero();
+        alpha(i) = T(1);
+        continue;
+      }
+      if (m == inf) {  // +inf scores share the row: the limit of softmax as they grow
+        s = (s.array() == inf).template cast<T>().matrix();
+        alpha(i) = max_(i) == inf ? T(1) : T(0);
+      } else {
+        s = (s.array() - m).unaryExpr(exp).matrix();
+        alpha(i) = exp(max_(i) - m);
+      }
+      sum_(i) = alpha(i) * sum_(i) + s.sum();
+      max_(i) = m;
+    }
+  }
+
+  template <class DS>
+  void absorb(Eigen::MatrixBase<DS>&& scores, Column& alpha) {
+    absorb(scores, alpha);
+  }
+
+  // acc_i <- alpha_i acc_i.
+  template <class DA>
+  static void rescale(Eigen::MatrixBase<DA>& acc, const Column& alpha) {
+    acc = alpha.matrix().asDiagonal() * acc;
+  }
+
+  // Combine with the state of a disjoint range of keys; acc and other_acc are the two
+  // accumulators, and the result goes to acc:
+  //   M = max(m, m'),  l <- l e^(m - M) + l' e^(m' - M),  acc <- acc e^(m - M) + acc' e^(m' - M).
+  template <class DA, class DB>
+  void merge(const OnlineSoftmax& other, Eigen::MatrixBase<DA>& acc,
+             const Eigen::MatrixBase<DB>& other_acc) {
+    eigen_assert(other.rows() == rows() && acc.rows() == rows() && other_acc.rows() == rows());
+    for (Index i = 0; i < rows(); ++i) {
+      const T a = max_(i), b = other.max_(i);
+      if (b == -inf) continue;  // the other range attended nothing
+      if (a == -inf) {
+        max_(i) = b;
+        sum_(i) = other.sum_(i);
+        acc.row(i) = other_acc.row(i);
+        continue;
+      }
+      const T m = std::isnan(a) || std::isnan(b) ? nan : std::max(a, b);
+      const T wa = factor(a, m), wb = factor(b, m);
+      sum_(i) = wa * sum_(i) + wb * other.sum_(i);
+      acc.row(i) = wa * acc.row(i) + wb * other_acc.row(i);
+      max_(i) = m;
+    }
+  }
+
+  // O_i = acc_i / l_i, in place; a row that attended nothing (l = 0) becomes 0.
+  template <class DA>
+  void finalize(Eigen::MatrixBase<DA>& acc) const {
+    for (Index i = 0; i < rows(); ++i) {
+      if (sum_(i) == T(0))
+        acc.row(i).setZero();
+      else
+        acc.row(i) *= T(1) / sum_(i);
+    }
+  }
+
+  template <class DA>
+  void finalize(Eigen::MatrixBase<DA>&& acc) const {
+    finalize(acc);
+  }
+
+  // lse_i = m_i + log l_i = log sum_j exp(s_ij): -inf for a row that attended nothing.
+  Column log_sum_exp() const {
+    Column lse(rows());
+    for (Index i = 0; i < rows(); ++i)
+      lse(i) = sum_(i) == T(0) ? -inf : max_(i) + std::log(sum_(i));
+    return lse;
+  }
+
+ private:
+  static constexpr T inf = std::numeric_limits<T>::infinity();
+  static constexpr T nan = std::numeric_limits<T>::quiet_NaN();
+
+  // exp(m_part - m), with +inf maxima handled as in absorb.
+  static T factor(T m_part, T m) {
+    if (m == inf) return m_part == inf ? T(1) : T(0);
+    return detail::FlushedExp<T>{}(m_part - m);
+  }
+
+  Column max_, sum_;
+};
+
+}  // namespace attn
