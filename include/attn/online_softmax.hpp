@@ -46,24 +46,13 @@ class OnlineSoftmax {
     static_assert(std::is_same_v<typename DS::Scalar, T>, "attn::OnlineSoftmax: scalar mismatch");
     eigen_assert(scores.rows() == rows());
     alpha.resize(rows());
-    const detail::FlushedExp<T> exp;
     for (Index i = 0; i < rows(); ++i) {
       auto s = scores.row(i);
       const T tile_max = s.cols() ? s.template maxCoeff<Eigen::PropagateNaN>() : -inf;
       // NaN in either must win, so that a NaN score poisons its row and only its row.
       const T m = std::isnan(tile_max) || std::isnan(max_(i)) ? nan : std::max(max_(i), tile_max);
-      if (m == -inf) {  // nothing to attend yet; avoid (-inf) - (-inf) = NaN
-        s.setZero();
-        alpha(i) = T(1);
-        continue;
-      }
-      if (m == inf) {  // +inf scores share the row: the limit of softmax as they grow
-        s = (s.array() == inf).template cast<T>().matrix();
-        alpha(i) = max_(i) == inf ? T(1) : T(0);
-      } else {
-        s = (s.array() - m).unaryExpr(exp).matrix();
-        alpha(i) = exp(max_(i) - m);
-      }
+      detail::exp_shifted(s, m);
+      alpha(i) = detail::exp_ratio(max_(i), m);
       sum_(i) = alpha(i) * sum_(i) + s.sum();
       max_(i) = m;
     }
@@ -97,7 +86,7 @@ class OnlineSoftmax {
         continue;
       }
       const T m = std::isnan(a) || std::isnan(b) ? nan : std::max(a, b);
-      const T wa = factor(a, m), wb = factor(b, m);
+      const T wa = detail::exp_ratio(a, m), wb = detail::exp_ratio(b, m);
       sum_(i) = wa * sum_(i) + wb * other.sum_(i);
       acc.row(i) = wa * acc.row(i) + wb * other_acc.row(i);
       max_(i) = m;
@@ -131,12 +120,6 @@ class OnlineSoftmax {
  private:
   static constexpr T inf = std::numeric_limits<T>::infinity();
   static constexpr T nan = std::numeric_limits<T>::quiet_NaN();
-
-  // exp(m_part - m), with +inf maxima handled as in absorb.
-  static T factor(T m_part, T m) {
-    if (m == inf) return m_part == inf ? T(1) : T(0);
-    return detail::FlushedExp<T>{}(m_part - m);
-  }
 
   Column max_, sum_;
 };

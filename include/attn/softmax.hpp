@@ -23,22 +23,13 @@ template <class Derived>
 void softmax_rows(Eigen::MatrixBase<Derived>& scores) {
   using T = typename Derived::Scalar;
   static_assert(std::is_floating_point_v<T>, "attn::softmax_rows: scores must be float or double");
-  constexpr T inf = std::numeric_limits<T>::infinity();
   if (scores.cols() == 0) return;
-  const detail::FlushedExp<T> exp;
   for (Index i = 0; i < scores.rows(); ++i) {
     auto row = scores.row(i);
     // PropagateNaN: a NaN must become the max, or the row would come back finite and wrong.
     const T m = row.template maxCoeff<Eigen::PropagateNaN>();
-    if (m == -inf) {
-      row.setZero();
-    } else if (m == inf) {
-      row = (row.array() == inf).template cast<T>().matrix();
-      row /= row.sum();
-    } else {
-      row = (row.array() - m).unaryExpr(exp).matrix();  // NaN m: the whole row turns NaN here
-      row *= T(1) / row.sum();
-    }
+    detail::exp_shifted(row, m);
+    if (m != -std::numeric_limits<T>::infinity()) row *= T(1) / row.sum();
   }
 }
 

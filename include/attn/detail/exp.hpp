@@ -27,6 +27,34 @@ struct FlushedExp {
   }
 };
 
+// The shared edge rules of softmax, used by softmax_rows and OnlineSoftmax alike.
+//
+// row_j <- exp(row_j - m), m being the row's (or a running) maximum:
+//   m = -inf: nothing may be attended; all 0, avoiding (-inf) - (-inf) = NaN;
+//   m = +inf: the +inf entries share the row (1 there, 0 elsewhere: the limit as they grow);
+//   m = NaN:  the whole row becomes NaN.
+template <class Row, class T>
+void exp_shifted(Row&& row, T m) {
+  constexpr T inf = std::numeric_limits<T>::infinity();
+  if (m == -inf) {
+    row.setZero();
+  } else if (m == inf) {
+    row = (row.array() == inf).template cast<T>().matrix();
+  } else {
+    row = (row.array() - m).unaryExpr(FlushedExp<T>{}).matrix();
+  }
+}
+
+// exp(m_part - m) for a partial maximum m_part <= m, under the same rules: 1 when both are +inf or
+// both -inf (an empty part, whose sums are 0 anyway), 0 when only m is +inf, NaN when m is NaN.
+template <class T>
+T exp_ratio(T m_part, T m) {
+  constexpr T inf = std::numeric_limits<T>::infinity();
+  if (m == inf) return m_part == inf ? T(1) : T(0);
+  if (m == -inf) return T(1);
+  return FlushedExp<T>{}(m_part - m);
+}
+
 }  // namespace attn::detail
 
 template <class T>
