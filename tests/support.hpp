@@ -72,6 +72,7 @@ struct Reference {
   RealMatrix w;    // weights, n_q x n_k
   RealMatrix o;    // output, n_q x d_v
   RealMatrix mag;  // sum_j w_ij |v_jc|: the size of the terms each output entry sums
+  RealMatrix lse;  // log sum_j exp(s_ij), n_q x 1: -inf for a row with no allowed key
 };
 
 struct RefMask {
@@ -108,7 +109,14 @@ inline Reference reference_attention(const RealMatrix& q, const RealMatrix& k, c
         s(i, j) = -std::numeric_limits<Real>::infinity();
     }
   Reference r{reference_softmax(s), RealMatrix::Zero(n_q, v.cols()),
-              RealMatrix::Zero(n_q, v.cols())};
+              RealMatrix::Zero(n_q, v.cols()), RealMatrix(n_q, 1)};
+  for (Index i = 0; i < n_q; ++i) {
+    Real m = -std::numeric_limits<Real>::infinity(), sum = 0;
+    for (Index j = 0; j < n_k; ++j) m = std::max(m, s(i, j));
+    for (Index j = 0; j < n_k && m > -std::numeric_limits<Real>::infinity(); ++j)
+      sum += std::exp(s(i, j) - m);
+    r.lse(i, 0) = sum > 0 ? m + std::log(sum) : -std::numeric_limits<Real>::infinity();
+  }
   for (Index i = 0; i < n_q; ++i)
     for (Index c = 0; c < v.cols(); ++c)
       for (Index j = 0; j < n_k; ++j) {
@@ -116,6 +124,27 @@ inline Reference reference_attention(const RealMatrix& q, const RealMatrix& k, c
         r.mag(i, c) += r.w(i, j) * std::abs(v(j, c));
       }
   return r;
+}
+
+// The multi-head layout, one head at a time through reference_attention: head h reads column
+// block h of Q and block h / (heads / kv_heads) of K and V. Weights are stacked vertically
+// ((heads·n_q) x n_k), outputs side by side (n_q x (heads·d_v)), lse is n_q x heads.
+inline Reference reference_heads(const RealMatrix& q, const RealMatrix& k, const RealMatrix& v,
+                                 Index heads, Index kv_heads, Real scale,
+                                 const RefMask& mask = {}) {
+  const Index d_k = q.cols() / heads, d_v = v.cols() / kv_heads, n_q = q.rows();
+  Reference all{RealMatrix(heads * n_q, k.rows()), RealMatrix(n_q, heads * d_v),
+                RealMatrix(n_q, heads * d_v), RealMatrix(n_q, heads)};
+  for (Index h = 0; h < heads; ++h) {
+    const Index g = h / (heads / kv_heads);
+    const Reference r = reference_attention(q.middleCols(h * d_k, d_k), k.middleCols(g * d_k, d_k),
+                                            v.middleCols(g * d_v, d_v), scale, mask);
+    all.w.middleRows(h * n_q, n_q) = r.w;
+    all.o.middleCols(h * d_v, d_v) = r.o;
+    all.mag.middleCols(h * d_v, d_v) = r.mag;
+    all.lse.col(h) = r.lse;
+  }
+  return all;
 }
 
 // |got - ref| <= rel * max(|ref|, floor) entrywise.

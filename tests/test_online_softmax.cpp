@@ -18,7 +18,7 @@ TYPED_TEST_SUITE(OnlineSoftmaxTest, Scalars);
 
 // softmax(S) V and its magnitudes, in long double, from the whole rows at once.
 Reference expected(const RealMatrix& s, const RealMatrix& v) {
-  Reference r{reference_softmax(s), {}, {}};
+  Reference r{reference_softmax(s), {}, {}, {}};
   r.o = r.w * v;
   r.mag = r.w * v.cwiseAbs();
   return r;
@@ -54,6 +54,53 @@ TYPED_TEST(OnlineSoftmaxTest, TilesReproduceSoftmaxTimesValues) {
   const Reference ref = expected(to_real(s), to_real(v));
   for (Index tile : {1, 8, 16, 53, 64})
     EXPECT_TRUE(output_near<T>(one_pass(s, v, tile), ref)) << tile;
+}
+
+// The key-major phase (the fused kernel's layout, s_ij at tile[j * ld + i]) agrees with absorb on
+// the same scores, including the edge rows: all -inf, a +inf, a NaN, and rows left inactive.
+TYPED_TEST(OnlineSoftmaxTest, KeyMajorAbsorbAgreesWithRowAbsorb) {
+  using T = TypeParam;
+  constexpr T inf = std::numeric_limits<T>::infinity();
+  const Index rows = 21, keys = 19, active = 18;
+  Mat<T> tile1 = normal<T>(rows, keys, 71, 5.0), tile2 = normal<T>(rows, keys, 72, 5.0);
+  tile1.row(2).setConstant(-inf);  // nothing yet, then something
+  tile2.row(3).setConstant(-inf);  // something, then nothing
+  tile1.row(4).setConstant(-inf), tile2.row(4).setConstant(-inf);
+  tile2(5, 7) = inf;
+  tile1(6, 0) = std::numeric_limits<T>::quiet_NaN();
+  attn::OnlineSoftmax<T> by_rows(active), by_keys(rows);
+  typename attn::OnlineSoftmax<T>::Column alpha_rows;
+  std::vector<T> alpha_keys(rows);
+  for (const Mat<T>* tile : {&tile1, &tile2}) {
+    Mat<T> p = tile->topRows(active);
+    Mat<T> key_major = tile->transpose();  // row-major keys x rows: s_ij at [j * rows + i]
+    by_keys.absorb_key_major(key_major.data(), keys, rows, alpha_keys.data(), active);
+    by_rows.absorb(p, alpha_rows);
+    for (Index i = 0; i < active; ++i) {
+      // Row 6's NaN poisons its sum (checked below), and so its output, in both forms; the
+      // row form also turns every weight of the row into NaN at once.
+      if (i == 6) continue;
+      for (Index j = 0; j < keys; ++j) {
+        const T a = p(i, j), b = key_major(j, i);
+        EXPECT_TRUE((std::isnan(a) && std::isnan(b)) ||
+                    std::abs(a - b) <= Tolerance<T>::rel * std::max<T>(std::abs(a), T(1e-6)))
+            << i << ", " << j << ": " << a << " vs " << b;
+      }
+    }
+  }
+  for (Index i = 0; i < active; ++i) {
+    const T ma = by_rows.running_max()(i), mb = by_keys.running_max()(i);
+    const T la = by_rows.running_sum()(i), lb = by_keys.running_sum()(i);
+    if (i == 6) {  // the NaN row
+      EXPECT_TRUE(std::isnan(lb)) << lb;
+      continue;
+    }
+    EXPECT_EQ(ma, mb) << i;
+    EXPECT_NEAR(la, lb, Tolerance<T>::rel * std::max<T>(la, 1)) << i;
+  }
+  // The inactive row saw nothing.
+  EXPECT_EQ(by_keys.running_max()(rows - 1), -inf);
+  EXPECT_EQ(by_keys.running_sum()(rows - 1), T(0));
 }
 
 TYPED_TEST(OnlineSoftmaxTest, LogSumExpMatchesItsDefinition) {

@@ -1,6 +1,7 @@
 // attn/attn.hpp: the whole library. Each header below holds one concept and may be included alone.
 #pragma once
 
+#include "attn/attention.hpp"
 #include "attn/common.hpp"
 #include "attn/init.hpp"
 #include "attn/mask.hpp"

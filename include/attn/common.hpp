@@ -25,6 +25,14 @@ struct Options {
   // Query i may attend key j iff j <= i + (n_k - n_q): the last query sees every key
   // (bottom-right alignment, as when new queries are appended to a longer cache of keys).
   bool causal = false;
+  // Query heads: Q is n_q x (heads·d_k), and the output n_q x (heads·d_v) in the same layout.
+  int heads = 1;
+  // Key/value heads, 0 meaning as many as heads. heads must be a multiple of it; each group of
+  // heads / kv_heads query heads shares one key/value head (grouped-query attention).
+  int kv_heads = 0;
+  // Threads for the fused kernel when attn is built with OpenMP; 0 means OpenMP's default.
+  // Results are bitwise identical for every value.
+  int threads = 0;
 };
 
 }  // namespace attn

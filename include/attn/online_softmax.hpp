@@ -16,6 +16,7 @@
 
 #include "attn/common.hpp"
 #include "attn/detail/exp.hpp"
+#include "attn/detail/packet.hpp"
 
 namespace attn {
 
@@ -46,21 +47,53 @@ class OnlineSoftmax {
     static_assert(std::is_same_v<typename DS::Scalar, T>, "attn::OnlineSoftmax: scalar mismatch");
     eigen_assert(scores.rows() == rows());
     alpha.resize(rows());
-    for (Index i = 0; i < rows(); ++i) {
-      auto s = scores.row(i);
-      const T tile_max = s.cols() ? s.template maxCoeff<Eigen::PropagateNaN>() : -inf;
-      // NaN in either must win, so that a NaN score poisons its row and only its row.
-      const T m = std::isnan(tile_max) || std::isnan(max_(i)) ? nan : std::max(max_(i), tile_max);
-      detail::exp_shifted(s, m);
-      alpha(i) = detail::exp_ratio(max_(i), m);
-      sum_(i) = alpha(i) * sum_(i) + s.sum();
-      max_(i) = m;
-    }
+    for (Index i = 0; i < rows(); ++i) alpha(i) = absorb_row(i, scores.row(i));
   }
 
   template <class DS>
   void absorb(Eigen::MatrixBase<DS>&& scores, Column& alpha) {
     absorb(scores, alpha);
+  }
+
+  // The same phase for a tile stored key-major, s_ij at tile[j * ld + i] for keys j < keys and
+  // rows i < active_rows, as the fused kernel lays out its scores; rows past active_rows see no
+  // keys and are left as they are. It runs down the rows a packet at a time, so the maxima and
+  // sums need no horizontal reductions. alpha receives active_rows values.
+  void absorb_key_major(T* tile, Index keys, Index ld, T* alpha, Index active_rows) {
+    eigen_assert(active_rows >= 0 && active_rows <= rows());
+    namespace ei = Eigen::internal;
+    using P = detail::Packet<T>;
+    constexpr int W = detail::packet_size<T>;
+    const P neg_inf = ei::pset1<P>(-inf), zero = ei::pset1<P>(T(0));
+    const detail::FlushedExp<T> fexp;
+    Index i = 0;
+    for (; i + W <= active_rows; i += W) {
+      const P m_old = ei::ploadu<P>(max_.data() + i);
+      P m = m_old;
+      for (Index j = 0; j < keys; ++j) m = ei::pmax(m, ei::ploadu<P>(tile + j * ld + i));
+      if (ei::predux_any(ei::pcmp_eq(m, ei::pset1<P>(inf)))) {
+        // A +inf score: rare enough for the scalar rules (its row is shared by the +inf entries).
+        for (Index r = i; r < i + W; ++r)
+          alpha[r] = absorb_row(r, key_major_row(tile, keys, ld, r));
+        continue;
+      }
+      // A row with nothing to attend yet keeps m = -inf; shifting by 0 instead gives weights
+      // exp(-inf) = 0, where (-inf) - (-inf) would give NaN. A NaN score (which pmax may drop)
+      // still makes its own weight, and so its row's sum and output, NaN.
+      const P shift = ei::pselect(ei::pcmp_eq(m, neg_inf), zero, m);
+      P sum = zero;
+      for (Index j = 0; j < keys; ++j) {
+        T* s = tile + j * ld + i;
+        const P p = fexp.packetOp(ei::psub(ei::ploadu<P>(s), shift));
+        ei::pstoreu(s, p);
+        sum = ei::padd(sum, p);
+      }
+      const P a = fexp.packetOp(ei::psub(m_old, shift));
+      ei::pstoreu(alpha + i, a);
+      ei::pstoreu(sum_.data() + i, ei::pmadd(a, ei::ploadu<P>(sum_.data() + i), sum));
+      ei::pstoreu(max_.data() + i, m);
+    }
+    for (; i < active_rows; ++i) alpha[i] = absorb_row(i, key_major_row(tile, keys, ld, i));
   }
 
   // acc_i <- alpha_i acc_i.
@@ -120,6 +153,24 @@ class OnlineSoftmax {
  private:
   static constexpr T inf = std::numeric_limits<T>::infinity();
   static constexpr T nan = std::numeric_limits<T>::quiet_NaN();
+
+  // Absorbs one row of scores in place and returns its alpha.
+  template <class Row>
+  T absorb_row(Index i, Row&& s) {
+    const T tile_max = s.cols() ? s.template maxCoeff<Eigen::PropagateNaN>() : -inf;
+    // NaN in either must win, so that a NaN score poisons its row and only its row.
+    const T m = std::isnan(tile_max) || std::isnan(max_(i)) ? nan : std::max(max_(i), tile_max);
+    detail::exp_shifted(s, m);
+    const T alpha = detail::exp_ratio(max_(i), m);
+    sum_(i) = alpha * sum_(i) + s.sum();
+    max_(i) = m;
+    return alpha;
+  }
+
+  static auto key_major_row(T* tile, Index keys, Index ld, Index i) {
+    return Eigen::Map<Eigen::Matrix<T, 1, Eigen::Dynamic>, 0, Eigen::InnerStride<>>(
+        tile + i, keys, Eigen::InnerStride<>(ld));
+  }
 
   Column max_, sum_;
 };

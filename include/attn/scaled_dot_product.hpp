@@ -7,6 +7,7 @@
 
 #include "attn/common.hpp"
 #include "attn/detail/check.hpp"
+#include "attn/detail/heads.hpp"
 #include "attn/mask.hpp"
 #include "attn/softmax.hpp"
 
@@ -17,45 +18,11 @@ namespace attn {
 namespace reference {
 namespace detail {
 
-using attn::detail::fail;
-using attn::detail::shape;
-
-template <class DQ, class DK>
-void check_qk(const char* fn, const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k) {
-  static_assert(std::is_same_v<typename DQ::Scalar, typename DK::Scalar>,
-                "attn: Q, K and V must have the same scalar type");
-  static_assert(attn::detail::is_supported_scalar<typename DQ::Scalar>,
-                "attn: attention is defined for floating-point scalars (float, double)");
-  if (q.cols() != k.cols())
-    fail(fn, "Q is " + shape(q) + " and K is " + shape(k) +
-                 "; they need the same number of columns (d_k)");
-  if (q.cols() == 0) fail(fn, "Q is " + shape(q) + " and K is " + shape(k) + "; d_k must be > 0");
-}
-
-template <class DK, class DV>
-void check_kv(const char* fn, const Eigen::MatrixBase<DK>& k, const Eigen::MatrixBase<DV>& v) {
-  static_assert(std::is_same_v<typename DK::Scalar, typename DV::Scalar>,
-                "attn: Q, K and V must have the same scalar type");
-  if (k.rows() != v.rows())
-    fail(fn, "K is " + shape(k) + " and V is " + shape(v) +
-                 "; they need the same number of rows (n_k)");
-}
-
-template <class T, class DM>
-void check_mask(const char* fn, const Eigen::DenseBase<DM>& mask, Index n_q, Index n_k) {
-  static_assert(attn::detail::is_valid_mask<DM, T>,
-                "attn: a mask holds bool (true = may attend) or the scalar type of Q, K and V "
-                "(an additive bias)");
-  if (mask.rows() != n_q || mask.cols() != n_k)
-    fail(fn, "mask is " + shape(mask) + " but Q K^T is " + shape(n_q, n_k));
-}
-
-inline double checked_scale(const char* fn, const Options& o, Index d_k) {
-  if (!o.scale) return 1.0 / std::sqrt(static_cast<double>(d_k));
-  if (!std::isfinite(*o.scale))
-    fail(fn, "Options::scale is " + std::to_string(*o.scale) + "; it must be finite");
-  return *o.scale;
-}
+using attn::detail::add_values;
+using attn::detail::check_mask;
+using attn::detail::checked_scale;
+using attn::detail::head_layout;
+using attn::detail::HeadLayout;
 
 // W = softmax(Q K^T * scale + mask), with the mask applied by `mask_fn(scores)`.
 template <class DQ, class DK, class MaskFn>
@@ -85,51 +52,80 @@ struct WithMask {
   }
 };
 
-template <class DV>
-Matrix<typename DV::Scalar> weighted_values(const Matrix<typename DV::Scalar>& w,
-                                            const Eigen::MatrixBase<DV>& v) {
-  Matrix<typename DV::Scalar> o(w.rows(), v.cols());
-  o.noalias() = w * v;
+// Head h's weights: its column block of Q against its group's column block of K.
+template <class DQ, class DK, class MaskFn>
+Matrix<typename DQ::Scalar> head_weights(const HeadLayout& l, Index h,
+                                         const Eigen::MatrixBase<DQ>& q,
+                                         const Eigen::MatrixBase<DK>& k, double scale, bool causal,
+                                         MaskFn&& mask_fn) {
+  return weights(q.middleCols(h * l.d_k, l.d_k), k.middleCols(l.kv_head(h) * l.d_k, l.d_k), scale,
+                 causal, mask_fn);
+}
+
+// Every head's weights, stacked vertically: (heads·n_q) x n_k.
+template <class DQ, class DK, class MaskFn>
+Matrix<typename DQ::Scalar> stacked_weights(const HeadLayout& l, const Eigen::MatrixBase<DQ>& q,
+                                            const Eigen::MatrixBase<DK>& k, double scale,
+                                            bool causal, MaskFn&& mask_fn) {
+  if (l.heads == 1) return head_weights(l, 0, q, k, scale, causal, mask_fn);
+  Matrix<typename DQ::Scalar> w(l.heads * l.n_q, l.n_k);
+  for (Index h = 0; h < l.heads; ++h)
+    w.middleRows(h * l.n_q, l.n_q) = head_weights(l, h, q, k, scale, causal, mask_fn);
+  return w;
+}
+
+// O block h = W_h V block (h's group): n_q x (heads·d_v).
+template <class DQ, class DK, class DV, class MaskFn>
+Matrix<typename DQ::Scalar> attend(const HeadLayout& l, const Eigen::MatrixBase<DQ>& q,
+                                   const Eigen::MatrixBase<DK>& k, const Eigen::MatrixBase<DV>& v,
+                                   double scale, bool causal, MaskFn&& mask_fn) {
+  Matrix<typename DQ::Scalar> o(l.n_q, l.heads * l.d_v);
+  for (Index h = 0; h < l.heads; ++h)
+    o.middleCols(h * l.d_v, l.d_v).noalias() = head_weights(l, h, q, k, scale, causal, mask_fn) *
+                                               v.middleCols(l.kv_head(h) * l.d_v, l.d_v);
   return o;
 }
 
 }  // namespace detail
 
-// W = softmax(Q K^T * scale): n_q x n_k. Every row sums to 1, or is all 0 when fully masked.
+// W = softmax(Q K^T * scale): n_q x n_k per head, stacked vertically for heads > 1. Every row sums
+// to 1, or is all 0 when fully masked.
 template <class DQ, class DK>
 Matrix<typename DQ::Scalar> attention_weights(const Eigen::MatrixBase<DQ>& q,
                                               const Eigen::MatrixBase<DK>& k,
                                               const Options& options = {}) {
   constexpr const char* fn = "attention_weights";
-  detail::check_qk(fn, q, k);
-  const double scale = detail::checked_scale(fn, options, q.cols());
-  return detail::weights(q, k, scale, options.causal, detail::NoMask{});
+  const auto l = detail::head_layout(fn, q, k, options);
+  const double scale = detail::checked_scale(fn, options, l.d_k);
+  return detail::stacked_weights(l, q, k, scale, options.causal, detail::NoMask{});
 }
 
-// W = softmax(Q K^T * scale + mask), mask boolean (true = may attend) or additive.
+// W = softmax(Q K^T * scale + mask), mask boolean (true = may attend) or additive, n_q x n_k and
+// shared by every head.
 template <class DQ, class DK, class DM>
 Matrix<typename DQ::Scalar> attention_weights(const Eigen::MatrixBase<DQ>& q,
                                               const Eigen::MatrixBase<DK>& k,
                                               const Eigen::DenseBase<DM>& mask,
                                               const Options& options = {}) {
   constexpr const char* fn = "attention_weights";
-  detail::check_qk(fn, q, k);
-  detail::check_mask<typename DQ::Scalar>(fn, mask, q.rows(), k.rows());
-  const double scale = detail::checked_scale(fn, options, q.cols());
-  return detail::weights(q, k, scale, options.causal, detail::WithMask<DM>{mask});
+  const auto l = detail::head_layout(fn, q, k, options);
+  detail::check_mask<typename DQ::Scalar>(fn, mask, l.n_q, l.n_k);
+  const double scale = detail::checked_scale(fn, options, l.d_k);
+  return detail::stacked_weights(l, q, k, scale, options.causal, detail::WithMask<DM>{mask});
 }
 
-// O = softmax(Q K^T * scale) V.  Q: n_q x d_k, K: n_k x d_k, V: n_k x d_v  ->  O: n_q x d_v.
+// O = softmax(Q K^T * scale) V, per head.  Q: n_q x (heads·d_k), K: n_k x (kv_heads·d_k),
+// V: n_k x (kv_heads·d_v)  ->  O: n_q x (heads·d_v).
 template <class DQ, class DK, class DV>
 Matrix<typename DQ::Scalar> scaled_dot_product_attention(const Eigen::MatrixBase<DQ>& q,
                                                          const Eigen::MatrixBase<DK>& k,
                                                          const Eigen::MatrixBase<DV>& v,
                                                          const Options& options = {}) {
   constexpr const char* fn = "scaled_dot_product_attention";
-  detail::check_qk(fn, q, k);
-  detail::check_kv(fn, k, v);
-  const double scale = detail::checked_scale(fn, options, q.cols());
-  return detail::weighted_values(detail::weights(q, k, scale, options.causal, detail::NoMask{}), v);
+  auto l = detail::head_layout(fn, q, k, options);
+  detail::add_values(fn, l, k, v);
+  const double scale = detail::checked_scale(fn, options, l.d_k);
+  return detail::attend(l, q, k, v, scale, options.causal, detail::NoMask{});
 }
 
 // O = softmax(Q K^T * scale + mask) V, mask boolean (true = may attend) or additive.
@@ -140,19 +136,16 @@ Matrix<typename DQ::Scalar> scaled_dot_product_attention(const Eigen::MatrixBase
                                                          const Eigen::DenseBase<DM>& mask,
                                                          const Options& options = {}) {
   constexpr const char* fn = "scaled_dot_product_attention";
-  detail::check_qk(fn, q, k);
-  detail::check_kv(fn, k, v);
-  detail::check_mask<typename DQ::Scalar>(fn, mask, q.rows(), k.rows());
-  const double scale = detail::checked_scale(fn, options, q.cols());
-  return detail::weighted_values(
-      detail::weights(q, k, scale, options.causal, detail::WithMask<DM>{mask}), v);
+  auto l = detail::head_layout(fn, q, k, options);
+  detail::add_values(fn, l, k, v);
+  detail::check_mask<typename DQ::Scalar>(fn, mask, l.n_q, l.n_k);
+  const double scale = detail::checked_scale(fn, options, l.d_k);
+  return detail::attend(l, q, k, v, scale, options.causal, detail::WithMask<DM>{mask});
 }
 
 }  // namespace reference
 
-// The public entry points. Today they are the composed path; a fused kernel with the same
-// contract takes their place without changing callers.
+// The weights are materialised by definition, so the composed path is the public one.
 using reference::attention_weights;
-using reference::scaled_dot_product_attention;
 
 }  // namespace attn

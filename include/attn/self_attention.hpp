@@ -5,11 +5,11 @@
 #include <cstdint>
 #include <string>
 
+#include "attn/attention.hpp"
 #include "attn/common.hpp"
 #include "attn/detail/check.hpp"
 #include "attn/init.hpp"
 #include "attn/projection.hpp"
-#include "attn/scaled_dot_product.hpp"
 
 namespace attn {
 

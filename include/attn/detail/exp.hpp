@@ -10,8 +10,37 @@
 #include <Eigen/Core>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 namespace attn::detail {
+
+// exp(x) for packets of float with x <= 0 (or NaN), to about 1 ulp, in 17 operations where
+// Eigen's general pexp takes about twice as many (its ldexp guards a range we never reach):
+//   n = rint(x log2 e),  r = x - n ln 2  (ln 2 split in two, so r is exact),
+//   exp(r) by Cephes' degree-6 polynomial on |r| <= ln 2 / 2,  2^n added to the exponent bits.
+// The caller flushes x < log(min normal), so n >= -126 and the exponent add stays normal.
+template <class P>
+P exp_nonpositive(const P& x) {
+  namespace ei = Eigen::internal;
+  using PI = typename ei::unpacket_traits<P>::integer_packet;
+  const P n = ei::print(ei::pmul(x, ei::pset1<P>(1.44269504088896341f)));
+  P r = ei::pmadd(n, ei::pset1<P>(-0.693359375f), x);
+  r = ei::pmadd(n, ei::pset1<P>(2.12194440e-4f), r);
+  P y = ei::pset1<P>(1.9875691500e-4f);
+  y = ei::pmadd(y, r, ei::pset1<P>(1.3981999507e-3f));
+  y = ei::pmadd(y, r, ei::pset1<P>(8.3334519073e-3f));
+  y = ei::pmadd(y, r, ei::pset1<P>(4.1665795894e-2f));
+  y = ei::pmadd(y, r, ei::pset1<P>(1.6666665459e-1f));
+  y = ei::pmadd(y, r, ei::pset1<P>(5.0000001201e-1f));
+  y = ei::padd(ei::pmadd(y, ei::pmul(r, r), r), ei::pset1<P>(1.0f));
+  const PI shift = ei::plogical_shift_left<23>(ei::pcast<P, PI>(n));
+  return ei::preinterpret<P>(ei::padd(ei::preinterpret<PI>(y), shift));
+}
+
+template <class P>
+inline constexpr bool has_exp_nonpositive =
+    std::is_same_v<typename Eigen::internal::unpacket_traits<P>::type, float> &&
+    !std::is_same_v<P, float>;
 
 template <class T>
 struct FlushedExp {
@@ -20,10 +49,16 @@ struct FlushedExp {
 
   T operator()(const T& x) const { return x < cutoff ? T(0) : std::exp(x); }
 
+  // Every caller passes x <= 0 (a score minus a maximum at least as large), which the fast float
+  // exp relies on.
   template <class Packet>
   Packet packetOp(const Packet& x) const {
     namespace in = Eigen::internal;
-    return in::pandnot(in::pexp(x), in::pcmp_lt(x, in::pset1<Packet>(cutoff)));
+    const Packet flush = in::pcmp_lt(x, in::pset1<Packet>(cutoff));
+    if constexpr (has_exp_nonpositive<Packet>)
+      return in::pandnot(exp_nonpositive(x), flush);
+    else
+      return in::pandnot(in::pexp(x), flush);
   }
 };
 

@@ -1,0 +1,139 @@
+// attn/attention.hpp: the fused scaled dot-product attention, the library's main entry point.
+//
+//   O_h = softmax(Q_h K_g^T * scale [+ mask]) V_g,   g = h / (heads / kv_heads),
+//
+// for every head h, computed tile by tile with an online softmax (attn/detail/flash.hpp) so that
+// no n_q x n_k matrix is formed. It has the contract of the composed path in
+// attn/scaled_dot_product.hpp (attn::reference::...), against which it is tested.
+#pragma once
+
+#include <Eigen/Core>
+
+#include "attn/common.hpp"
+#include "attn/detail/flash.hpp"
+#include "attn/detail/heads.hpp"
+#include "attn/scaled_dot_product.hpp"
+
+namespace attn {
+
+// The output and the per-row log-sum-exp of the scaled (and masked) scores,
+// lse(i, h) = log sum_j exp(s_hij): -inf for a row that may attend nothing. Together with Q and K
+// it rebuilds the weights, w_hij = exp(s_hij - lse(i, h)), and merges partial results over key
+// ranges; the backward pass needs it.
+template <class T>
+struct AttentionOutput {
+  Matrix<T> output;  // n_q x (heads·d_v)
+  Matrix<T> lse;     // n_q x heads
+};
+
+namespace detail {
+
+// Tile sizes: BlockQ queries (a multiple of the QK micro-tile's two packets) by BlockK keys.
+// 48 x 64, four query tiles per key tile: measured best on AVX2 (48 rows are 8 P·V micro-tiles
+// of 6 and 3 Q·K micro-tiles of 16); the tile state stays in L1 and L2 at d <= 128.
+template <class T>
+struct DefaultTiles {
+  static constexpr int q = 48;
+  static constexpr int k = 64;
+  static constexpr int group = 4;  // query tiles that share each packed key/value tile
+};
+// Up to this many queries take the decode path (memory-bound: every key and value read once).
+inline constexpr Index decode_queries = 4;
+inline constexpr int decode_chunk = 256;
+
+template <class T>
+using RowMajorRef = Eigen::Ref<const Matrix<T>, 0, Eigen::OuterStride<>>;
+
+// Runs the fused kernel on validated inputs. Inputs that are not row-major with unit inner stride
+// are copied once by the Ref; row-major matrices and their column blocks are read in place.
+template <int BlockQ, int BlockK, int Tiles, class T, class Mask>
+void fused(const HeadLayout& l, const RowMajorRef<T>& q, const RowMajorRef<T>& k,
+           const RowMajorRef<T>& v, const Mask& mask, double scale, const Options& o,
+           Matrix<T>& out, Matrix<T>* lse) {
+  out.resize(l.n_q, l.heads * l.d_v);
+  if (lse) lse->resize(l.n_q, l.heads);
+  if (l.n_q == 0 || (l.d_v == 0 && !lse)) return;
+  FlashProblem<T> p{l,
+                    q.data(),
+                    q.outerStride(),
+                    k.data(),
+                    k.outerStride(),
+                    v.data(),
+                    v.outerStride(),
+                    out.data(),
+                    out.cols(),
+                    lse ? lse->data() : nullptr,
+                    l.heads,
+                    static_cast<T>(scale),
+                    o.causal,
+                    o.threads};
+  if (l.n_q <= decode_queries)
+    decode_attention<decode_chunk>(p, mask);
+  else
+    flash_attention<BlockQ, BlockK, Tiles>(p, mask);
+}
+
+template <class DQ, class DK, class DV, class Mask>
+AttentionOutput<typename DQ::Scalar> fused_checked(const char* fn, const Eigen::MatrixBase<DQ>& q,
+                                                   const Eigen::MatrixBase<DK>& k,
+                                                   const Eigen::MatrixBase<DV>& v, const Mask& mask,
+                                                   const Options& o, bool want_lse) {
+  using T = typename DQ::Scalar;
+  auto l = head_layout(fn, q, k, o);
+  add_values(fn, l, k, v);
+  const double scale = checked_scale(fn, o, l.d_k);
+  AttentionOutput<T> r;
+  fused<DefaultTiles<T>::q, DefaultTiles<T>::k, DefaultTiles<T>::group, T>(
+      l, q, k, v, mask, scale, o, r.output, want_lse ? &r.lse : nullptr);
+  return r;
+}
+
+}  // namespace detail
+
+// O = softmax(Q K^T * scale) V per head.  Q: n_q x (heads·d_k), K: n_k x (kv_heads·d_k),
+// V: n_k x (kv_heads·d_v)  ->  O: n_q x (heads·d_v).
+template <class DQ, class DK, class DV>
+Matrix<typename DQ::Scalar> scaled_dot_product_attention(const Eigen::MatrixBase<DQ>& q,
+                                                         const Eigen::MatrixBase<DK>& k,
+                                                         const Eigen::MatrixBase<DV>& v,
+                                                         const Options& options = {}) {
+  return detail::fused_checked("scaled_dot_product_attention", q, k, v, detail::NoScoreMask{},
+                               options, false)
+      .output;
+}
+
+// O = softmax(Q K^T * scale + mask) V, mask n_q x n_k, boolean (true = may attend) or additive,
+// shared by every head.
+template <class DQ, class DK, class DV, class DM>
+Matrix<typename DQ::Scalar> scaled_dot_product_attention(const Eigen::MatrixBase<DQ>& q,
+                                                         const Eigen::MatrixBase<DK>& k,
+                                                         const Eigen::MatrixBase<DV>& v,
+                                                         const Eigen::DenseBase<DM>& mask,
+                                                         const Options& options = {}) {
+  constexpr const char* fn = "scaled_dot_product_attention";
+  detail::check_mask<typename DQ::Scalar>(fn, mask, q.rows(), k.rows());
+  return detail::fused_checked(fn, q, k, v, detail::ScoreMask<DM>{mask.derived()}, options, false)
+      .output;
+}
+
+// O and the log-sum-exp of every row and head.
+template <class DQ, class DK, class DV>
+AttentionOutput<typename DQ::Scalar> attention_with_lse(const Eigen::MatrixBase<DQ>& q,
+                                                        const Eigen::MatrixBase<DK>& k,
+                                                        const Eigen::MatrixBase<DV>& v,
+                                                        const Options& options = {}) {
+  return detail::fused_checked("attention_with_lse", q, k, v, detail::NoScoreMask{}, options, true);
+}
+
+template <class DQ, class DK, class DV, class DM>
+AttentionOutput<typename DQ::Scalar> attention_with_lse(const Eigen::MatrixBase<DQ>& q,
+                                                        const Eigen::MatrixBase<DK>& k,
+                                                        const Eigen::MatrixBase<DV>& v,
+                                                        const Eigen::DenseBase<DM>& mask,
+                                                        const Options& options = {}) {
+  constexpr const char* fn = "attention_with_lse";
+  detail::check_mask<typename DQ::Scalar>(fn, mask, q.rows(), k.rows());
+  return detail::fused_checked(fn, q, k, v, detail::ScoreMask<DM>{mask.derived()}, options, true);
+}
+
+}  // namespace attn
