@@ -2,10 +2,11 @@
 // user would write and beside the machine's ceilings, all in one run so that ratios are honest.
 //
 // Every attention benchmark reports GFLOP/s = 4 h n_q n_k d / s (half for causal); D1 also reports
-// the GB/s of K and V read. Threads are the second argument: Eigen's products use that many
-// (when built with OpenMP), the kernels stay as they are.
+// the GB/s of K and V read. Threads are the benchmark's argument: attn's kernel, Eigen's products
+// (naive) and OpenBLAS use that many.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <attn/attn.hpp>
 #include <cmath>
 #include <cstdint>
@@ -22,6 +23,12 @@
 #endif
 #ifdef _OPENMP
 #include <omp.h>
+#endif
+#if defined(__linux__) && defined(__GLIBC__)
+#include <malloc.h>
+
+#include <fstream>
+#define ATTN_BENCH_HAVE_PEAK_RSS 1
 #endif
 
 namespace {
@@ -90,19 +97,50 @@ void naive(benchmark::State& state, Shape s) {
   report(state, s.flops(), s.n_q == 1 ? 2.0 * s.heads * s.n_k * s.d * sizeof(T) : 0);
 }
 
+#ifdef ATTN_BENCH_HAVE_PEAK_RSS
+// A field of /proc/self/status in bytes (VmRSS: resident now; VmHWM: its peak).
+double status_bytes(const std::string& key) {
+  std::ifstream f("/proc/self/status");
+  for (std::string line; std::getline(f, line);)
+    if (line.rfind(key + ":", 0) == 0) return 1024.0 * std::stod(line.substr(key.size() + 1));
+  return -1;
+}
+
+// Peak resident memory that f() adds, in bytes: freed heap is first returned to the system and the
+// peak reset (clear_refs 5), so every page f touches counts. -1 where the peak cannot be reset.
+template <class F>
+double peak_extra_bytes(F&& f) {
+  malloc_trim(0);
+  std::ofstream("/proc/self/clear_refs") << "5";
+  const double before = status_bytes("VmRSS");
+  if (status_bytes("VmHWM") > before + 4096) return -1;  // the reset did not take
+  f();
+  return status_bytes("VmHWM") - before;
+}
+#endif
+
+// The library's own layout: every head in one call, Q, K, V as n x (h·d) row-major matrices.
 template <class T>
 void library(benchmark::State& state, Shape s) {
   using M = attn::Matrix<T>;
-  set_threads(int(state.range(0)));
-  const auto q = random_heads<M>(s.heads, s.n_q, s.d, 1),
-             k = random_heads<M>(s.heads, s.n_k, s.d, 2),
-             v = random_heads<M>(s.heads, s.n_k, s.d, 3);
-  const attn::Options options{.causal = s.causal};
+  const int threads = int(state.range(0));
+  set_threads(threads);
+  std::srand(1);
+  const M q = M::Random(s.n_q, s.heads * s.d), k = M::Random(s.n_k, s.heads * s.d),
+          v = M::Random(s.n_k, s.heads * s.d);
+  const attn::Options options{.causal = s.causal, .heads = s.heads, .threads = threads};
+#ifdef ATTN_BENCH_HAVE_PEAK_RSS
+  // Memory beyond the inputs and the output, the first call measured alone.
+  const double output_bytes = double(s.n_q) * s.heads * s.d * sizeof(T);
+  const double extra = peak_extra_bytes([&] {
+    M o = attn::scaled_dot_product_attention(q, k, v, options);
+    benchmark::DoNotOptimize(o.data());
+  });
+  if (extra >= 0) state.counters["extra_MiB"] = std::max(0.0, extra - output_bytes) / (1 << 20);
+#endif
   for (auto _ : state) {
-    for (int h = 0; h < s.heads; ++h) {
-      M o = attn::scaled_dot_product_attention(q[h], k[h], v[h], options);
-      benchmark::DoNotOptimize(o.data());
-    }
+    M o = attn::scaled_dot_product_attention(q, k, v, options);
+    benchmark::DoNotOptimize(o.data());
   }
   report(state, s.flops(), s.n_q == 1 ? 2.0 * s.heads * s.n_k * s.d * sizeof(T) : 0);
 }

@@ -58,8 +58,9 @@ def build_table(results):
     for t, roof, sgemm, bw in ceilings:
         lines.append(f"| {t} | {fmt(roof)} | {fmt(sgemm)} | {fmt(bw)} |")
     lines.append("")
-    lines.append("| shape | threads | naive GFLOP/s | attn GFLOP/s | attn / naive | attn / roof | attn / sgemm |")
-    lines.append("|---|---|---|---|---|---|---|")
+    lines.append("| shape | threads | naive GFLOP/s | attn GFLOP/s | attn / naive | attn / roof | attn / sgemm "
+                 "| attn extra memory MiB |")
+    lines.append("|---|---|---|---|---|---|---|---|")
     rows = []
     for shape in SHAPES + ["S3 double"]:
         for t, roof, sgemm, bw in ceilings:
@@ -73,14 +74,27 @@ def build_table(results):
             if shape == "D1":
                 gbs = counter(results, "attn/D1", t, "GBps")
                 extra = f" ({fmt(gbs)} GB/s = {fmt(ratio(gbs, bw), 2)} of read bandwidth)"
+            mib = counter(results, f"attn{suffix}/{key}", t, "extra_MiB")
             lines.append(f"| {shape} | {t} | {fmt(naive)} | {fmt(lib)}{extra} | {fmt(ratio(lib, naive), 2)}× "
-                         f"| {fmt(ratio(lib, roof), 2)} | {fmt(ratio(lib, sgemm), 2)} |")
+                         f"| {fmt(ratio(lib, roof), 2)} | {fmt(ratio(lib, sgemm), 2)} | {fmt(mib, 2)} |")
             rows.append((shape, t, naive, lib))
     for t, *_ in ceilings:
         fwd = counter(results, "self_attention_forward/n1024_dmodel512_dk64", t, "GFLOPS")
         if fwd is not None:
             lines.append(f"| SelfAttention forward, n 1024, d_model 512, d_k 64 (projections included) "
-                         f"| {t} | – | {fmt(fwd)} | – | – | – |")
+                         f"| {t} | – | {fmt(fwd)} | – | – | – | – |")
+    if len(threads) > 1:
+        lo, hi = threads[0], threads[-1]
+        lines.append("")
+        lines.append(f"| shape | attn {hi} threads ÷ {lo} thread |")
+        lines.append("|---|---|")
+        for shape in SHAPES + ["S3 double"]:
+            key = "S3" if shape == "S3 double" else shape
+            suffix = "_double" if shape == "S3 double" else ""
+            a = counter(results, f"attn{suffix}/{key}", lo, "GFLOPS")
+            b = counter(results, f"attn{suffix}/{key}", hi, "GFLOPS")
+            if a is not None and b is not None:
+                lines.append(f"| {shape} | {fmt(ratio(b, a), 2)}× |")
     return "\n".join(lines), rows
 
 
