@@ -142,6 +142,15 @@ void start_tile(const FlashProblem<T>& p, Index h, Index i0, Index lda, QueryTil
   std::fill(t.acc.begin(), t.acc.begin() + t.rows * lda, T(0));
 }
 
+// acc <- alpha acc + P V for the Rows rows of tile t from row r, over the keys [0, keys) that the
+// block's last row may attend under causal (all kn otherwise).
+template <int Rows, int BlockQ, class T>
+void pv_block(const FlashProblem<T>& p, const T* st, const T* vt, Index kn, QueryTile<T, BlockQ>& t,
+              Index r, Index lda, Index causal_keys) {
+  pv_rows<Rows>(st + r, BlockQ, vt, p.l.d_v, p.causal ? causal_keys : kn, p.l.d_v,
+                t.alpha.data() + r, t.acc.data() + r * lda, lda);
+}
+
 // One query tile against the packed key tile kt / value tile vt of keys [j0, j0 + kn):
 // scores, masks, the online softmax and the weighted values.
 template <int BlockQ, class T, class Mask>
@@ -149,7 +158,7 @@ void absorb_key_tile(const FlashProblem<T>& p, const Mask& mask, Index j0, Index
                      const T* vt, T* st, Index lda, QueryTile<T, BlockQ>& t) {
   constexpr int W2 = 2 * packet_size<T>;
   constexpr T neg_inf = -std::numeric_limits<T>::infinity();
-  const Index d_k = p.l.d_k, d_v = p.l.d_v, qn = t.rows;
+  const Index d_k = p.l.d_k, qn = t.rows;
   // Keys [0, end) of this tile, as seen by the tile's row i.
   auto end = [&](Index i) { return std::clamp<Index>(p.causal_end(t.i0 + i) - j0, 0, kn); };
 
@@ -166,29 +175,24 @@ void absorb_key_tile(const FlashProblem<T>& p, const Mask& mask, Index j0, Index
 
   t.softmax.absorb_key_major(st, kn, BlockQ, t.alpha.data(), t.padded);
 
-  // Rows in sixes (the P V micro-tile), each six only over the keys its last row may attend.
-  auto pv = [&](auto rows, Index r) {
-    constexpr int R = decltype(rows)::value;
-    pv_rows<R>(st + r, BlockQ, vt, d_v, p.causal ? end(r + R - 1) : kn, d_v, t.alpha.data() + r,
-               t.acc.data() + r * lda, lda);
-  };
+  // Rows in sixes (the P V micro-tile), each block only over the keys its last row may attend.
   Index r = 0;
-  for (; r + 6 <= qn; r += 6) pv(std::integral_constant<int, 6>{}, r);
+  for (; r + 6 <= qn; r += 6) pv_block<6>(p, st, vt, kn, t, r, lda, end(r + 5));
   switch (qn - r) {
     case 5:
-      pv(std::integral_constant<int, 5>{}, r);
+      pv_block<5>(p, st, vt, kn, t, r, lda, end(r + 4));
       break;
     case 4:
-      pv(std::integral_constant<int, 4>{}, r);
+      pv_block<4>(p, st, vt, kn, t, r, lda, end(r + 3));
       break;
     case 3:
-      pv(std::integral_constant<int, 3>{}, r);
+      pv_block<3>(p, st, vt, kn, t, r, lda, end(r + 2));
       break;
     case 2:
-      pv(std::integral_constant<int, 2>{}, r);
+      pv_block<2>(p, st, vt, kn, t, r, lda, end(r + 1));
       break;
     case 1:
-      pv(std::integral_constant<int, 1>{}, r);
+      pv_block<1>(p, st, vt, kn, t, r, lda, end(r));
       break;
     default:
       break;
