@@ -10,8 +10,11 @@
 #include <attn/attn.hpp>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <limits>
+#include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -253,13 +256,82 @@ void register_all() {
   add("self_attention_forward/n1024_dmodel512_dk64", self_attention_forward);
 }
 
+// Google Benchmark's console lines, then one summary of the run: per shape and thread count the
+// naive and attn rates, the ceilings measured in the same process, and their ratios (medians when
+// repeated), so that every ratio compares numbers taken minutes apart at most.
+class SummaryReporter : public benchmark::ConsoleReporter {
+ public:
+  void ReportRuns(const std::vector<Run>& runs) override {
+    ConsoleReporter::ReportRuns(runs);
+    for (const Run& r : runs) {
+      if (r.error_occurred || (r.run_type == Run::RT_Aggregate && r.aggregate_name != "median"))
+        continue;
+      const std::string& args = r.run_name.args;  // "threads:N"
+      const auto colon = args.find(':');
+      if (colon == std::string::npos) continue;
+      auto& cell = cells_[{r.run_name.function_name, std::stoi(args.substr(colon + 1))}];
+      for (const char* key : {"GFLOPS", "GBps"}) {
+        const auto it = r.counters.find(key);
+        if (it != r.counters.end()) cell[key] = it->second.value;
+      }
+    }
+  }
+
+  void Finalize() override {
+    auto& out = GetOutputStream();
+    const auto get = [&](const std::string& name, int t, const char* key) {
+      const auto it = cells_.find({name, t});
+      if (it == cells_.end()) return -1.0;
+      const auto v = it->second.find(key);
+      return v == it->second.end() ? -1.0 : v->second;
+    };
+    const auto num = [](double x, int digits = 1) {
+      if (x < 0) return std::string("-");
+      char buf[32];
+      std::snprintf(buf, sizeof buf, "%.*f", digits, x);
+      return std::string(buf);
+    };
+    const auto ratio = [&](double a, double b) {
+      return a < 0 || b <= 0 ? num(-1) : num(a / b, 2);
+    };
+    out << "\nsummary (GFLOP/s, one run; ratios of medians)\n";
+    for (const int t : thread_counts()) {
+      const double roof = get("ceiling/fma_roof", t, "GFLOPS"),
+                   sgemm = get("ceiling/sgemm_1024", t, "GFLOPS"),
+                   bw = get("ceiling/read_bandwidth", t, "GBps");
+      out << "threads " << t << ": FMA roof " << num(roof) << ", sgemm 1024^3 " << num(sgemm)
+          << ", read " << num(bw) << " GB/s\n";
+      for (const Shape& sh : kShapes) {
+        for (const char* suffix : {"", "_double"}) {
+          const std::string id = sh.id;
+          const double naive = get(std::string("naive") + suffix + "/" + id, t, "GFLOPS"),
+                       lib = get(std::string("attn") + suffix + "/" + id, t, "GFLOPS");
+          if (naive < 0 && lib < 0) continue;
+          out << "  " << id << (*suffix ? " double" : "") << ": naive " << num(naive) << ", attn "
+              << num(lib) << ", attn/naive " << ratio(lib, naive) << ", attn/roof "
+              << ratio(lib, roof) << ", attn/sgemm " << ratio(lib, sgemm);
+          const double gbs = get(std::string("attn") + suffix + "/" + id, t, "GBps");
+          if (gbs >= 0)
+            out << ", " << num(gbs) << " GB/s = " << ratio(gbs, bw) << " of read bandwidth";
+          out << "\n";
+        }
+      }
+    }
+    ConsoleReporter::Finalize();
+  }
+
+ private:
+  std::map<std::pair<std::string, int>, std::map<std::string, double>> cells_;
+};
+
 }  // namespace
 
 int main(int argc, char** argv) {
   register_all();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
+  SummaryReporter reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter);
   benchmark::Shutdown();
   return 0;
 }
