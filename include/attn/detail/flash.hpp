@@ -7,15 +7,15 @@
 //   S  <- S masked (causal from indices, boolean or additive mask read tile by tile)
 //   m' = max(m, rowmax S),  P = exp(S - m'),  alpha = exp(m - m'),  l <- alpha l + rowsum P
 //   acc <- alpha acc + P V_tile                          register-blocked, rescale folded in
-// and at the end O = acc / l, lse = m + log l. Extra memory per thread is O(BlockQ (d_k + d_v) +
-// BlockQ BlockK), whatever n is. Causal key tiles past a tile's last allowed key are skipped, and
-// on the diagonal the micro-tiles that lie wholly above it are neither computed nor multiplied.
+// and at the end O = acc / l, lse = m + log l. Extra memory per thread is
+// O(Tiles BlockQ (d_k + d_v) + BlockK (BlockQ + d_k + d_v)), whatever n is. Causal key tiles past a
+// tile's last allowed key are skipped, and on the diagonal the micro-tiles that lie wholly above
+// it are neither computed nor multiplied.
 //
-// Decode (a few queries per key/value head): memory-bound, so the keys are cut into fixed chunks
-// of DecodeChunk, each chunk's partial (m, l, acc) is computed once for all the query rows that
-// share the key/value head, with K and V read once, and the partial states are merged in chunk
-// order with the associative rule. The chunking does not depend on the thread count, so neither
-// do the results.
+// Decode (a few queries): memory-bound, so the keys are cut into fixed chunks of DecodeChunk; each
+// chunk computes the partial (m, l, acc) of every query row of every head with each K and V row
+// read once, and the partial states are merged in chunk order with the associative rule. The
+// chunking does not depend on the thread count, so neither do the results.
 #pragma once
 
 #include <Eigen/Core>

@@ -2,9 +2,10 @@
 //
 // They are written once over Eigen's packet primitives (pmadd, pset1, ploadu...), so the same code
 // runs 8-wide floats under AVX2, 4-wide doubles, 4-wide floats under plain SSE2 or NEON, and
-// scalars when Eigen does not vectorise. Every kernel keeps a 2 x 6 or 3 x 4 block of packets in
-// registers (12 accumulators out of 16 vector registers) and streams its operands past them, so
-// each fused multiply-add is fed by less than one load: the shape of a GEMM micro-kernel.
+// scalars when Eigen does not vectorise. Q·K^T keeps 2 packets of queries x 6 keys, P·V 6 rows x
+// 2 packets of columns, in registers (12 accumulators out of 16 vector registers) and streams the
+// operands past them, so each fused multiply-add is fed by less than one load: the shape of a
+// GEMM micro-kernel.
 #pragma once
 
 #include <Eigen/Core>
