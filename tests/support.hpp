@@ -75,10 +75,16 @@ struct Reference {
   RealMatrix lse;  // log sum_j exp(s_ij), n_q x 1: -inf for a row with no allowed key
 };
 
+// Everything beyond the product, written from the definitions. Query i sits at key position
+// p_i = i + n_k - n_q.
 struct RefMask {
   const BoolMatrix* allow = nullptr;  // true = may attend
   const RealMatrix* bias = nullptr;   // additive
-  bool causal = false;
+  bool causal = false;                // j <= p_i
+  Index left = -1, right = -1;        // p_i - left <= j <= p_i + right, each unless -1
+  Real softcap = 0;                   // s <- cap tanh(s / cap), first
+  std::vector<double> alibi = {};     // s -= slope_h |p_i - j|, per head
+  std::vector<double> sinks = {};     // exp(sink_h) joins the denominator, per head
 };
 
 // Row softmax of s; a row with no finite entry (all -inf) becomes 0.
@@ -96,26 +102,39 @@ inline RealMatrix reference_softmax(const RealMatrix& s) {
 }
 
 inline Reference reference_attention(const RealMatrix& q, const RealMatrix& k, const RealMatrix& v,
-                                     Real scale, const RefMask& mask = {}) {
+                                     Real scale, const RefMask& mask = {}, Index head = 0) {
+  constexpr Real neg_inf = -std::numeric_limits<Real>::infinity();
   const Index n_q = q.rows(), n_k = k.rows(), d = q.cols();
   RealMatrix s(n_q, n_k);
   for (Index i = 0; i < n_q; ++i)
     for (Index j = 0; j < n_k; ++j) {
+      const Index p = i + n_k - n_q;
       Real dot = 0;
       for (Index c = 0; c < d; ++c) dot += q(i, c) * k(j, c);
       s(i, j) = scale * dot;
+      if (mask.softcap != 0) s(i, j) = mask.softcap * std::tanh(s(i, j) / mask.softcap);
+      if (!mask.alibi.empty()) s(i, j) -= Real(mask.alibi[head]) * Real(std::abs(p - j));
       if (mask.bias) s(i, j) += (*mask.bias)(i, j);
-      if ((mask.allow && !(*mask.allow)(i, j)) || (mask.causal && j > i + n_k - n_q))
-        s(i, j) = -std::numeric_limits<Real>::infinity();
+      if ((mask.allow && !(*mask.allow)(i, j)) || (mask.causal && j > p) ||
+          (mask.left >= 0 && j < p - mask.left) || (mask.right >= 0 && j > p + mask.right))
+        s(i, j) = neg_inf;
     }
-  Reference r{reference_softmax(s), RealMatrix::Zero(n_q, v.cols()),
+  const Real sink = mask.sinks.empty() ? neg_inf : Real(mask.sinks[head]);
+  Reference r{RealMatrix::Zero(n_q, n_k), RealMatrix::Zero(n_q, v.cols()),
               RealMatrix::Zero(n_q, v.cols()), RealMatrix(n_q, 1)};
+  // w_ij = exp(s_ij - lse_i), lse_i = log(exp(sink) + sum_j exp(s_ij)); a row with neither a key
+  // nor a sink has no weights and lse -inf.
   for (Index i = 0; i < n_q; ++i) {
-    Real m = -std::numeric_limits<Real>::infinity(), sum = 0;
+    Real m = sink;
     for (Index j = 0; j < n_k; ++j) m = std::max(m, s(i, j));
-    for (Index j = 0; j < n_k && m > -std::numeric_limits<Real>::infinity(); ++j)
-      sum += std::exp(s(i, j) - m);
-    r.lse(i, 0) = sum > 0 ? m + std::log(sum) : -std::numeric_limits<Real>::infinity();
+    if (m == neg_inf) {
+      r.lse(i, 0) = neg_inf;
+      continue;
+    }
+    Real sum = std::exp(sink - m);
+    for (Index j = 0; j < n_k; ++j) sum += std::exp(s(i, j) - m);
+    r.lse(i, 0) = m + std::log(sum);
+    for (Index j = 0; j < n_k; ++j) r.w(i, j) = std::exp(s(i, j) - m) / sum;
   }
   for (Index i = 0; i < n_q; ++i)
     for (Index c = 0; c < v.cols(); ++c)
@@ -138,7 +157,7 @@ inline Reference reference_heads(const RealMatrix& q, const RealMatrix& k, const
   for (Index h = 0; h < heads; ++h) {
     const Index g = h / (heads / kv_heads);
     const Reference r = reference_attention(q.middleCols(h * d_k, d_k), k.middleCols(g * d_k, d_k),
-                                            v.middleCols(g * d_v, d_v), scale, mask);
+                                            v.middleCols(g * d_v, d_v), scale, mask, h);
     all.w.middleRows(h * n_q, n_q) = r.w;
     all.o.middleCols(h * d_v, d_v) = r.o;
     all.mag.middleCols(h * d_v, d_v) = r.mag;

@@ -21,6 +21,17 @@ struct Case {
   int heads = 1, kv_heads = 0;
 };
 
+// The reference's rules for what Options asks.
+RefMask with_options(RefMask m, const attn::Options& o) {
+  m.causal = o.causal;
+  m.left = o.window.left;
+  m.right = o.window.right;
+  m.softcap = o.softcap;
+  m.alibi = o.alibi_slopes;
+  m.sinks = o.sinks;
+  return m;
+}
+
 // Runs the fused kernel and checks output and lse against the reference, head by head.
 template <class T, class... MaskArg>
 ::testing::AssertionResult matches_reference(const Case& c, const attn::Options& o,
@@ -35,8 +46,7 @@ template <class T, class... MaskArg>
   opt.kv_heads = c.kv_heads;
   const auto got = attn::attention_with_lse(q, k, v, mask..., opt);
   const Real scale = o.scale ? Real(*o.scale) : 1 / std::sqrt(Real(c.d_k));
-  RefMask m = ref_mask;
-  m.causal = o.causal;
+  const RefMask m = with_options(ref_mask, o);
   const Reference ref = reference_heads(to_real(q), to_real(k), to_real(v), c.heads, kv, scale, m);
   auto out = output_near<T>(got.output, ref);
   if (!out)
@@ -152,23 +162,32 @@ TYPED_TEST(Attention, EqualsTheComposedPath) {
 TYPED_TEST(Attention, SmallTilesCoverEveryEdge) {
   using T = TypeParam;
   constexpr int Q = 2 * attn::detail::packet_size<T>;
-  for (const Case& c : {Case{37, 41, 5, 3, 2, 1}, Case{Q, 5, 8, 8}, Case{Q + 1, 11, 3, 9}}) {
-    for (const bool causal : {false, true}) {
+  const attn::Options rules[] = {
+      {},
+      {.causal = true},
+      {.window = {3, 2}},
+      {.causal = true, .window = {6, attn::Window::unbounded}},
+      {.window = {attn::Window::unbounded, 4}},
+  };
+  for (const Case& c : {Case{37, 41, 5, 3, 2, 1}, Case{Q, 5, 8, 8}, Case{Q + 1, 11, 3, 9},
+                        Case{45, 60, 4, 4}}) {
+    for (attn::Options o : rules) {
       const int kv = c.kv_heads ? c.kv_heads : c.heads;
       const Mat<T> q = normal<T>(c.n_q, c.heads * c.d_k, 31), k = normal<T>(c.n_k, kv * c.d_k, 32),
                    v = normal<T>(c.n_k, kv * c.d_v, 33);
-      const attn::Options o{.causal = causal, .heads = c.heads, .kv_heads = c.kv_heads};
+      o.heads = c.heads;
+      o.kv_heads = c.kv_heads;
       auto l = attn::detail::head_layout("test", q, k, o);
       attn::detail::add_values("test", l, k, v);
       Mat<T> out, lse;
       // Q tiles of one QK micro-tile, key tiles of 5, two query tiles per key tile.
       attn::detail::fused<Q, 5, 2, T>(l, q, k, v, attn::detail::NoScoreMask{},
-                                      1 / std::sqrt(double(c.d_k)), o, out, &lse);
-      RefMask m;
-      m.causal = causal;
+                                      attn::detail::checked_rules("test", o, l), 1, out, &lse);
       const Reference ref = reference_heads(to_real(q), to_real(k), to_real(v), c.heads, kv,
-                                            1 / std::sqrt(Real(c.d_k)), m);
-      EXPECT_TRUE(output_near<T>(out, ref)) << "n_q " << c.n_q << " causal " << causal;
+                                            1 / std::sqrt(Real(c.d_k)), with_options({}, o));
+      EXPECT_TRUE(output_near<T>(out, ref))
+          << "n_q " << c.n_q << " causal " << o.causal << " window " << o.window.left << ", "
+          << o.window.right;
     }
   }
 }
@@ -220,8 +239,14 @@ TYPED_TEST(Attention, BitwiseIdenticalForEveryThreadCount) {
                v = normal<T>(300, 2 * 32, 63);
   const Mat<T> q1 = q.topRows(1), q3 = q.topRows(3);
   const Mat<T> k_long = normal<T>(3000, 2 * 32, 64), v_long = normal<T>(3000, 2 * 32, 65);
-  for (const bool causal : {false, true}) {
-    const attn::Options base{.causal = causal, .heads = 4, .kv_heads = 2, .threads = 1};
+  const attn::Options plain{.heads = 4, .kv_heads = 2, .threads = 1};
+  attn::Options causal = plain, rich = plain;
+  causal.causal = true;
+  rich.window = {40, 3};
+  rich.alibi_slopes = {0.5, 0.25, 0.125, 0.0625};
+  rich.softcap = 4;
+  rich.sinks = {0.0, 1.0, -2.0, 3.0};
+  for (const attn::Options& base : {plain, causal, rich}) {
     const auto ref = attn::attention_with_lse(q, k, v, base);
     const auto ref1 = attn::attention_with_lse(q1, k_long, v_long, base);
     const auto ref3 = attn::attention_with_lse(q3, k_long, v_long, base);
@@ -259,6 +284,127 @@ TYPED_TEST(Attention, RejectsBadHeadLayouts) {
                              {"attn::attention_weights", "heads = 3 and kv_heads = 2"}));
   EXPECT_TRUE(throws_invalid([&] { attn::attention_with_lse(q, k, v, BoolMatrix(4, 4)); },
                              {"attn::attention_with_lse", "4x4", "4x5"}));
+}
+
+// Bands of every kind (left only, right only, both, with causal), n_q < n_k and n_q > n_k, bands
+// narrower than a micro-tile and wider than a tile, on the prefill and the decode paths.
+TYPED_TEST(Attention, SlidingWindowMatchesReference) {
+  using T = TypeParam;
+  constexpr Index U = attn::Window::unbounded;
+  const Case cases[] = {{130, 130, 16, 16}, {97, 250, 8, 12, 4, 2}, {250, 97, 8, 8, 2, 1},
+                        {3, 700, 32, 32, 4, 1}, {1, 600, 16, 16}};
+  const attn::Window windows[] = {{0, 0}, {5, U}, {U, 7}, {3, 2}, {70, 0}, {200, 100}, {1, 300}};
+  for (const Case& c : cases)
+    for (const attn::Window& w : windows)
+      for (const bool causal : {false, true})
+        EXPECT_TRUE(matches_reference<T>(c, {.causal = causal, .window = w}, {}))
+            << "window " << w.left << ", " << w.right << " causal " << causal;
+}
+
+// The check: a window is exactly the boolean band mask, given to the composed path.
+TYPED_TEST(Attention, WindowEqualsTheEquivalentBooleanMask) {
+  using T = TypeParam;
+  const Index n_q = 150, n_k = 210;
+  const Mat<T> q = normal<T>(n_q, 2 * 16, 71), k = normal<T>(n_k, 16, 72), v = normal<T>(n_k, 8, 73);
+  const double tol = std::is_same_v<T, float> ? 1e-5 : 1e-13;
+  for (const attn::Window w : {attn::Window{10, 0}, attn::Window{0, 10}, attn::Window{64, 64}}) {
+    const Mat<T> fused = attn::scaled_dot_product_attention(q, k, v, {.heads = 2, .kv_heads = 1,
+                                                                      .window = w});
+    const Mat<T> masked = attn::reference::scaled_dot_product_attention(
+        q, k, v, attn::window_mask(n_q, n_k, w), {.heads = 2, .kv_heads = 1});
+    EXPECT_LE((fused - masked).cwiseAbs().maxCoeff(), tol) << w.left << ", " << w.right;
+  }
+}
+
+// The standard ALiBi slopes, 2^(-8 (h + 1) / heads).
+std::vector<double> alibi_slopes(int heads) {
+  std::vector<double> s(heads);
+  for (int h = 0; h < heads; ++h) s[h] = std::exp2(-8.0 * (h + 1) / heads);
+  return s;
+}
+
+std::vector<double> some_sinks(int heads) {
+  std::vector<double> s(heads);
+  for (int h = 0; h < heads; ++h) s[h] = -2.0 + 1.5 * h;  // from negligible to dominant
+  return s;
+}
+
+// ALiBi, soft-capping and sinks, alone and together, with masks and bands, on both paths.
+TYPED_TEST(Attention, AlibiSoftcapAndSinksMatchReference) {
+  using T = TypeParam;
+  const Case cases[] = {{120, 150, 16, 16, 4, 2}, {2, 500, 32, 32, 4, 1}, {70, 70, 8, 8, 2},
+                        {150, 90, 12, 10, 3, 3}};
+  for (const Case& c : cases) {
+    attn::Options alibi, softcap, sinks, all;
+    alibi.alibi_slopes = all.alibi_slopes = alibi_slopes(c.heads);
+    softcap.softcap = all.softcap = 1.5;
+    softcap.scale = 2.0;  // scores well into the saturated part of tanh
+    sinks.sinks = all.sinks = some_sinks(c.heads);
+    all.causal = true;
+    all.window = {60, attn::Window::unbounded};
+    for (const attn::Options& o : {alibi, softcap, sinks, all})
+      EXPECT_TRUE(matches_reference<T>(c, o, {}))
+          << "alibi " << !o.alibi_slopes.empty() << " softcap " << o.softcap << " sinks "
+          << !o.sinks.empty();
+    const BoolMatrix allow = random_bool(c.n_q, c.n_k, 74);
+    EXPECT_TRUE(matches_reference<T>(c, all, {.allow = &allow}, allow));
+  }
+}
+
+// With a sink a fully masked row still has a denominator, exp(sink): its output is 0 and its
+// log-sum-exp is the sink itself.
+TYPED_TEST(Attention, SinkRowsWithNothingToAttendAreZero) {
+  using T = TypeParam;
+  const Mat<T> q = normal<T>(60, 2 * 8, 81), k = normal<T>(20, 2 * 8, 82), v = normal<T>(20, 16, 83);
+  const auto r = attn::attention_with_lse(q, k, v, {.causal = true, .heads = 2, .sinks = {1.5, -3}});
+  for (Index i = 0; i < 40; ++i) {  // causal with n_q - n_k = 40: rows 0..39 see no key
+    EXPECT_TRUE(r.output.row(i).isZero(0)) << i;
+    EXPECT_EQ(r.lse(i, 0), T(1.5));
+    EXPECT_EQ(r.lse(i, 1), T(-3));
+  }
+  EXPECT_TRUE(matches_reference<T>({60, 20, 8, 8, 2}, {.causal = true, .sinks = {1.5, -3}}, {}));
+}
+
+// The weights under every rule, from the composed path, against the long-double reference; with
+// sinks each row sums to 1 minus the sink's share.
+TYPED_TEST(Attention, WeightsFollowEveryRule) {
+  using T = TypeParam;
+  const int heads = 2;
+  const Index n_q = 40, n_k = 55, d = 8;
+  const Mat<T> q = normal<T>(n_q, heads * d, 91), k = normal<T>(n_k, d, 92);
+  attn::Options o{.causal = true, .heads = heads, .kv_heads = 1, .window = {20, 0}};
+  o.alibi_slopes = alibi_slopes(heads);
+  o.softcap = 2;
+  o.sinks = some_sinks(heads);
+  const Mat<T> w = attn::attention_weights(q, k, o);
+  const Reference ref = reference_heads(to_real(q), to_real(k), RealMatrix::Zero(n_k, 1), heads, 1,
+                                        1 / std::sqrt(Real(d)), with_options({}, o));
+  EXPECT_TRUE(weights_near<T>(w, ref));
+  for (int h = 0; h < heads; ++h)
+    for (Index i = 0; i < n_q; ++i) {
+      const Real share = std::exp(Real(o.sinks[h]) - ref.lse(i, h));
+      EXPECT_NEAR(double(w.row(h * n_q + i).template cast<Real>().sum() + share), 1.0,
+                  Tolerance<T>::rel);
+    }
+}
+
+TYPED_TEST(Attention, RejectsBadRules) {
+  using T = TypeParam;
+  const Mat<T> q(4, 8), k(5, 8), v(5, 8);  // two heads of d_k = 4, two KV heads
+  const auto sdpa = [&](attn::Options o) {
+    return [&, o] { attn::scaled_dot_product_attention(q, k, v, o); };
+  };
+  const char* fn = "attn::scaled_dot_product_attention";
+  EXPECT_TRUE(throws_invalid(sdpa({.heads = 2, .window = {-2, 0}}), {fn, "window.left is -2"}));
+  EXPECT_TRUE(throws_invalid(sdpa({.heads = 2, .window = {0, -5}}), {fn, "window.right is -5"}));
+  EXPECT_TRUE(throws_invalid(sdpa({.heads = 2, .alibi_slopes = {0.5}}),
+                             {fn, "alibi_slopes has 1 values", "heads = 2"}));
+  EXPECT_TRUE(throws_invalid(sdpa({.heads = 2, .softcap = -1}), {fn, "softcap"}));
+  EXPECT_TRUE(throws_invalid(sdpa({.heads = 2, .softcap = std::numeric_limits<double>::infinity()}),
+                             {fn, "softcap"}));
+  EXPECT_TRUE(throws_invalid(sdpa({.heads = 2, .sinks = {0, std::nan("")}}), {fn, "sinks"}));
+  EXPECT_TRUE(throws_invalid([&] { attn::attention_weights(q, k, {.heads = 2, .sinks = {1}}); },
+                             {"attn::attention_weights", "sinks has 1 values"}));
 }
 
 }  // namespace

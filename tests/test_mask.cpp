@@ -80,7 +80,7 @@ TYPED_TEST(ApplyMask, CausalMasksExactlyTheKeysAfterEachQuery) {
   for (auto [n_q, n_k] : {std::pair<Index, Index>{5, 5}, {3, 8}, {8, 3}, {1, 6}, {6, 1}}) {
     Mat<T> s = normal<T>(n_q, n_k, 10);
     const Mat<T> before = s;
-    attn::detail::apply_causal(s);
+    attn::detail::apply_band(s, attn::detail::KeyBand(n_q, n_k, true, {}));
     for (Index i = 0; i < n_q; ++i)
       for (Index j = 0; j < n_k; ++j) {
         // Written from the definition: query i is position i + (n_k - n_q) of the key sequence.

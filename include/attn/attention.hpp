@@ -48,7 +48,7 @@ using RowMajorRef = Eigen::Ref<const Matrix<T>, 0, Eigen::OuterStride<>>;
 // are copied once by the Ref; row-major matrices and their column blocks are read in place.
 template <int BlockQ, int BlockK, int Tiles, class T, class Mask>
 void fused(const HeadLayout& l, const RowMajorRef<T>& q, const RowMajorRef<T>& k,
-           const RowMajorRef<T>& v, const Mask& mask, double scale, const Options& o,
+           const RowMajorRef<T>& v, const Mask& mask, const ScoreRules& rules, int threads,
            Matrix<T>& out, Matrix<T>* lse) {
   out.resize(l.n_q, l.heads * l.d_v);
   if (lse) lse->resize(l.n_q, l.heads);
@@ -64,9 +64,12 @@ void fused(const HeadLayout& l, const RowMajorRef<T>& q, const RowMajorRef<T>& k
                     out.cols(),
                     lse ? lse->data() : nullptr,
                     l.heads,
-                    static_cast<T>(scale),
-                    o.causal,
-                    o.threads};
+                    static_cast<T>(rules.scale),
+                    rules.band,
+                    static_cast<T>(rules.softcap),
+                    rules.alibi,
+                    rules.sinks,
+                    threads};
   if (l.n_q <= decode_queries)
     decode_attention<decode_chunk>(p, mask);
   else
@@ -81,10 +84,10 @@ AttentionOutput<typename DQ::Scalar> fused_checked(const char* fn, const Eigen::
   using T = typename DQ::Scalar;
   auto l = head_layout(fn, q, k, o);
   add_values(fn, l, k, v);
-  const double scale = checked_scale(fn, o, l.d_k);
+  const ScoreRules rules = checked_rules(fn, o, l);
   AttentionOutput<T> r;
   fused<DefaultTiles<T>::q, DefaultTiles<T>::k, DefaultTiles<T>::group, T>(
-      l, q, k, v, mask, scale, o, r.output, want_lse ? &r.lse : nullptr);
+      l, q, k, v, mask, rules, o.threads, r.output, want_lse ? &r.lse : nullptr);
   return r;
 }
 

@@ -96,6 +96,24 @@ class OnlineSoftmax {
     for (; i < active_rows; ++i) alpha[i] = absorb_row(i, key_major_row(tile, keys, ld, i));
   }
 
+  // A score s that carries no value (an attention sink) joins every row's denominator:
+  //   m' = max(m, s),  alpha = exp(m - m'),  l <- alpha l + exp(s - m').
+  // The caller scales its accumulator by alpha, as after absorb. Absorbed first, into a fresh
+  // state, it makes m = s and l = 1.
+  void absorb_sink(T s, Column& alpha) {
+    alpha.resize(rows());
+    if (s == -inf) {  // exp(-inf) adds nothing
+      alpha.setOnes();
+      return;
+    }
+    for (Index i = 0; i < rows(); ++i) {
+      const T m = std::isnan(max_(i)) || std::isnan(s) ? nan : std::max(max_(i), s);
+      alpha(i) = detail::exp_ratio(max_(i), m);
+      sum_(i) = alpha(i) * sum_(i) + detail::exp_ratio(s, m);
+      max_(i) = m;
+    }
+  }
+
   // acc_i <- alpha_i acc_i.
   template <class DA>
   static void rescale(Eigen::MatrixBase<DA>& acc, const Column& alpha) {

@@ -4,13 +4,14 @@
 // its key/value head with an online softmax (Milakov & Gimelshein 2018; FlashAttention, Dao 2022).
 // For each key tile:
 //   S   = (scale Q_tile) K_tile^T                       register-blocked, key-major, in L1
-//   S  <- S masked (causal from indices, boolean or additive mask read tile by tile)
+//   S  <- cap tanh(S / cap) - slope |p_i - j|       soft-capping and ALiBi, when asked for
+//   S  <- S masked (the causal / window band from indices, boolean or additive mask by tile)
 //   m' = max(m, rowmax S),  P = exp(S - m'),  alpha = exp(m - m'),  l <- alpha l + rowsum P
 //   acc <- alpha acc + P V_tile                          register-blocked, rescale folded in
-// and at the end O = acc / l, lse = m + log l. Extra memory per thread is
-// O(Tiles BlockQ (d_k + d_v) + BlockK (BlockQ + d_k + d_v)), whatever n is. Causal key tiles past a
-// tile's last allowed key are skipped, and on the diagonal the micro-tiles that lie wholly above
-// it are neither computed nor multiplied.
+// and at the end O = acc / l, lse = m + log l; a sink starts the softmax at m = sink, l = 1. Extra memory per thread is
+// O(Tiles BlockQ (d_k + d_v) + BlockK (BlockQ + d_k + d_v)), whatever n is. Key tiles outside a
+// query tile's band (causal, sliding window) are skipped, and on the band's edges the micro-tiles
+// that lie wholly outside it are neither computed nor multiplied.
 //
 // Decode (a few queries): memory-bound, so the keys are cut into fixed chunks of DecodeChunk; each
 // chunk computes the partial (m, l, acc) of every query row of every head with each K and V row
@@ -50,16 +51,34 @@ struct FlashProblem {
   T* lse;  // n_q x heads, or null
   Index ldl;
   T scale;
-  bool causal;
+  KeyBand band;              // keys [band.begin(i), band.end(i)) may be attended by query i
+  T softcap;                 // 0: none
+  const double* alibi;       // per-head slopes, or null
+  const double* sinks;       // per-head sink logits, or null
   int threads;
-
-  // Keys [0, causal_end(i)) are the ones query i may attend (all of them without causal).
-  Index causal_end(Index i) const noexcept {
-    return causal ? std::clamp<Index>(i + l.n_k - l.n_q + 1, 0, l.n_k) : l.n_k;
-  }
 };
 
-// No mask beyond the causal one.
+// Soft-capping and ALiBi on the rows x keys scores of head h at s, s(i, j) = s[j * lds + i]
+// (key-major) for queries i0 + i and keys j0 + j. What lies outside the band is overwritten with
+// -inf afterwards, so it may be transformed too.
+template <class T>
+void transform_scores(const FlashProblem<T>& p, Index h, T* s, Index lds, Index rows, Index i0,
+                      Index j0, Index keys) {
+  using Col = Eigen::Array<T, Eigen::Dynamic, 1>;
+  Eigen::Map<Eigen::Array<T, Eigen::Dynamic, Eigen::Dynamic>, 0, Eigen::OuterStride<>> st(
+      s, rows, keys, Eigen::OuterStride<>(lds));
+  if (p.softcap != T(0)) st = p.softcap * (st * (T(1) / p.softcap)).tanh();
+  if (p.alibi) {
+    const T slope = static_cast<T>(p.alibi[h]);
+    for (Index j = 0; j < keys; ++j) {
+      // p_i - j for the tile's rows: whole numbers, exact in T for any realistic length.
+      const T d0 = static_cast<T>(i0 + p.band.offset - (j0 + j));
+      st.col(j) -= slope * Col::LinSpaced(rows, d0, d0 + static_cast<T>(rows - 1)).abs();
+    }
+  }
+}
+
+// No mask beyond the band.
 struct NoScoreMask {
   template <class T>
   void tile(T*, Index, Index, Index, Index, Index) const {}
@@ -100,7 +119,7 @@ struct QueryTile {
   AlignedBuffer<T> acc;  // BlockQ x lda: the unnormalised output
   OnlineSoftmax<T, BlockQ> softmax;
   Eigen::Array<T, BlockQ, 1> alpha;
-  Index i0 = 0, rows = 0, padded = 0, k_end = 0;
+  Index i0 = 0, rows = 0, padded = 0, k_begin = 0, k_end = 0;
 };
 
 template <class T, int BlockQ, int BlockK, int Tiles>
@@ -122,15 +141,17 @@ struct FlashWorkspace {
 };
 
 // Starts query tile `t` of head h at row i0: packs (scale Q_tile)^T, with the rows past the tile
-// zero so that their scores stay finite, and resets the softmax and the accumulator.
+// zero so that their scores stay finite, and resets the softmax (to head h's sink, if any) and the
+// accumulator.
 template <int BlockQ, class T>
 void start_tile(const FlashProblem<T>& p, Index h, Index i0, Index lda, QueryTile<T, BlockQ>& t) {
   constexpr int W2 = 2 * packet_size<T>;
   t.i0 = i0;
   t.rows = std::min<Index>(BlockQ, p.l.n_q - i0);
   t.padded = (t.rows + W2 - 1) / W2 * W2;
-  // Keys past the last one the tile's last query may attend are skipped outright.
-  t.k_end = p.causal_end(i0 + t.rows - 1);
+  // Keys outside the band of every query of the tile are skipped outright.
+  t.k_begin = p.band.begin(i0);
+  t.k_end = std::max(t.k_begin, p.band.end(i0 + t.rows - 1));
   // Row by row: the reads stream, the strided writes land in L1.
   for (Index i = 0; i < t.rows; ++i) {
     const T* q = p.q + (i0 + i) * p.ldq + h * p.l.d_k;
@@ -139,63 +160,79 @@ void start_tile(const FlashProblem<T>& p, Index h, Index i0, Index lda, QueryTil
   for (Index c = 0; c < p.l.d_k; ++c)
     std::fill(t.qt.data() + c * BlockQ + t.rows, t.qt.data() + c * BlockQ + t.padded, T(0));
   t.softmax = OnlineSoftmax<T, BlockQ>();
+  if (p.sinks) t.softmax.absorb_sink(static_cast<T>(p.sinks[h]), t.alpha);
   std::fill(t.acc.begin(), t.acc.begin() + t.rows * lda, T(0));
 }
 
-// acc <- alpha acc + P V for the Rows rows of tile t from row r, over the keys [0, keys) that the
-// block's last row may attend under causal (all kn otherwise).
+// acc <- alpha acc + P V for the Rows rows of tile t from row r, over the keys [b, e) of the tile
+// that some row of the block may attend (the weights of the others are 0).
 template <int Rows, int BlockQ, class T>
-void pv_block(const FlashProblem<T>& p, const T* st, const T* vt, Index kn, QueryTile<T, BlockQ>& t,
-              Index r, Index lda, Index causal_keys) {
-  pv_rows<Rows>(st + r, BlockQ, vt, p.l.d_v, p.causal ? causal_keys : kn, p.l.d_v,
-                t.alpha.data() + r, t.acc.data() + r * lda, lda);
+void pv_block(const FlashProblem<T>& p, const T* st, const T* vt, QueryTile<T, BlockQ>& t, Index r,
+              Index lda, Index b, Index e) {
+  pv_rows<Rows>(st + b * BlockQ + r, BlockQ, vt + b * p.l.d_v, p.l.d_v, std::max<Index>(0, e - b),
+                p.l.d_v, t.alpha.data() + r, t.acc.data() + r * lda, lda);
 }
 
-// One query tile against the packed key tile kt / value tile vt of keys [j0, j0 + kn):
-// scores, masks, the online softmax and the weighted values.
+// One query tile of head h against the packed key tile kt / value tile vt of keys [j0, j0 + kn):
+// scores, soft-capping and ALiBi, masks, the online softmax and the weighted values.
 template <int BlockQ, class T, class Mask>
-void absorb_key_tile(const FlashProblem<T>& p, const Mask& mask, Index j0, Index kn, const T* kt,
-                     const T* vt, T* st, Index lda, QueryTile<T, BlockQ>& t) {
+void absorb_key_tile(const FlashProblem<T>& p, const Mask& mask, Index h, Index j0, Index kn,
+                     const T* kt, const T* vt, T* st, Index lda, QueryTile<T, BlockQ>& t) {
   constexpr int W2 = 2 * packet_size<T>;
   constexpr T neg_inf = -std::numeric_limits<T>::infinity();
   const Index d_k = p.l.d_k, qn = t.rows;
-  // Keys [0, end) of this tile, as seen by the tile's row i.
-  auto end = [&](Index i) { return std::clamp<Index>(p.causal_end(t.i0 + i) - j0, 0, kn); };
+  // The band of the tile's row i, in this tile's key coordinates: keys [begin(i), end(i)).
+  auto begin = [&](Index i) { return std::clamp<Index>(p.band.begin(t.i0 + i) - j0, 0, kn); };
+  auto end = [&](Index i) { return std::clamp<Index>(p.band.end(t.i0 + i) - j0, 0, kn); };
+  const bool banded = !p.band.full();
 
+  // Micro-tiles that lie wholly outside the band of all their rows are not computed.
   for (Index ib = 0; ib < t.padded; ib += W2) {
-    // Micro-tiles above the diagonal for all of these rows are not computed, only set to -inf.
-    const Index keys = p.causal ? end(std::min(ib + W2, qn) - 1) : kn;
-    qk_strip(t.qt.data() + ib, BlockQ, kt, d_k, d_k, keys, st + ib, BlockQ);
-    for (Index j = keys; j < kn; ++j) std::fill_n(st + j * BlockQ + ib, W2, neg_inf);
+    const Index last = std::min(ib + W2, qn) - 1;
+    const Index b = banded ? begin(ib) : 0, e = banded ? std::max(b, end(last)) : kn;
+    qk_strip(t.qt.data() + ib, BlockQ, kt + b * d_k, d_k, d_k, e - b, st + b * BlockQ + ib,
+             BlockQ);
   }
-  if (p.causal && end(0) < kn)  // a diagonal tile: the rest of the upper triangle
-    for (Index i = 0; i < qn; ++i)
-      for (Index j = end(i); j < kn; ++j) st[j * BlockQ + i] = neg_inf;
+  if (p.softcap != T(0) || p.alibi) transform_scores(p, h, st, BlockQ, t.padded, t.i0, j0, kn);
+  if (banded)  // each row's keys outside its band, computed or not
+    for (Index i = 0; i < qn; ++i) {
+      const Index b = begin(i), e = std::max(b, end(i));
+      for (Index j = 0; j < b; ++j) st[j * BlockQ + i] = neg_inf;
+      for (Index j = e; j < kn; ++j) st[j * BlockQ + i] = neg_inf;
+    }
   mask.tile(st, BlockQ, t.i0, qn, j0, kn);
 
   t.softmax.absorb_key_major(st, kn, BlockQ, t.alpha.data(), t.padded);
 
-  // Rows in sixes (the P V micro-tile), each block only over the keys its last row may attend.
+  // Rows in sixes (the P V micro-tile), each block only over the keys its rows may attend.
+  auto block = [&](Index r, Index rows) {
+    return banded ? std::pair<Index, Index>{begin(r), end(r + rows - 1)}
+                  : std::pair<Index, Index>{0, kn};
+  };
   Index r = 0;
-  for (; r + 6 <= qn; r += 6) pv_block<6>(p, st, vt, kn, t, r, lda, end(r + 5));
-  switch (qn - r) {
-    case 5:
-      pv_block<5>(p, st, vt, kn, t, r, lda, end(r + 4));
-      break;
-    case 4:
-      pv_block<4>(p, st, vt, kn, t, r, lda, end(r + 3));
-      break;
-    case 3:
-      pv_block<3>(p, st, vt, kn, t, r, lda, end(r + 2));
-      break;
-    case 2:
-      pv_block<2>(p, st, vt, kn, t, r, lda, end(r + 1));
-      break;
-    case 1:
-      pv_block<1>(p, st, vt, kn, t, r, lda, end(r));
-      break;
-    default:
-      break;
+  for (; r + 6 <= qn; r += 6) {
+    const auto [b, e] = block(r, 6);
+    pv_block<6>(p, st, vt, t, r, lda, b, e);
+  }
+  if (r < qn) {
+    const auto [b, e] = block(r, qn - r);
+    switch (qn - r) {
+      case 5:
+        pv_block<5>(p, st, vt, t, r, lda, b, e);
+        break;
+      case 4:
+        pv_block<4>(p, st, vt, t, r, lda, b, e);
+        break;
+      case 3:
+        pv_block<3>(p, st, vt, t, r, lda, b, e);
+        break;
+      case 2:
+        pv_block<2>(p, st, vt, t, r, lda, b, e);
+        break;
+      default:
+        pv_block<1>(p, st, vt, t, r, lda, b, e);
+        break;
+    }
   }
 }
 
@@ -223,14 +260,15 @@ void flash_rows(const FlashProblem<T>& p, const Mask& mask, Index h, Index i0,
                 FlashWorkspace<T, BlockQ, BlockK, Tiles>& ws) {
   const Index d_k = p.l.d_k, d_v = p.l.d_v, g = p.l.kv_head(h);
   int tiles = 0;
-  Index k_end = 0;
+  Index k_begin = p.l.n_k, k_end = 0;
   for (; tiles < Tiles && i0 + tiles * BlockQ < p.l.n_q; ++tiles) {
     start_tile(p, h, i0 + tiles * BlockQ, ws.lda, ws.tiles[tiles]);
+    k_begin = std::min(k_begin, ws.tiles[tiles].k_begin);
     k_end = std::max(k_end, ws.tiles[tiles].k_end);
   }
   T* kt = ws.kv.data();
   T* vt = kt + BlockK * d_k;
-  for (Index j0 = 0; j0 < k_end; j0 += BlockK) {
+  for (Index j0 = k_begin; j0 < k_end; j0 += BlockK) {
     const Index kn = std::min<Index>(BlockK, k_end - j0);
     for (Index j = 0; j < kn; ++j) {
       std::copy_n(p.k + (j0 + j) * p.ldk + g * d_k, d_k, kt + j * d_k);
@@ -244,8 +282,9 @@ void flash_rows(const FlashProblem<T>& p, const Mask& mask, Index h, Index i0,
     }
     for (int s = 0; s < tiles; ++s) {
       QueryTile<T, BlockQ>& t = ws.tiles[s];
-      if (j0 < t.k_end)
-        absorb_key_tile(p, mask, j0, std::min(kn, t.k_end - j0), kt, vt, ws.st.data(), ws.lda, t);
+      if (j0 < t.k_end && j0 + kn > t.k_begin)
+        absorb_key_tile(p, mask, h, j0, std::min(kn, t.k_end - j0), kt, vt, ws.st.data(), ws.lda,
+                        t);
     }
   }
   for (int s = 0; s < tiles; ++s) finish_tile(p, h, ws.lda, ws.tiles[s]);
@@ -264,7 +303,8 @@ void flash_attention(const FlashProblem<T>& p, const Mask& mask) {
       [&] { return FlashWorkspace<T, BlockQ, BlockK, Tiles>(p.l.d_k, p.l.d_v); },
       [&](Index item, auto& ws) {
         // Causal blocks grow with i0; handing out the costly ones first balances the threads.
-        const Index b = p.causal ? blocks - 1 - item % blocks : item % blocks;
+        const Index b = p.band.right != Window::unbounded ? blocks - 1 - item % blocks
+                                                          : item % blocks;
         flash_rows<BlockQ, BlockK, Tiles>(p, mask, item / blocks, b * span, ws);
       });
 }
@@ -277,8 +317,9 @@ template <int DecodeChunk, class T, class Mask>
 void decode_attention(const FlashProblem<T>& p, const Mask& mask) {
   const HeadLayout& l = p.l;
   const Index rows = l.heads * l.n_q;
-  const Index k_end = p.causal_end(l.n_q - 1);
-  const Index chunks = std::max<Index>(1, (k_end + DecodeChunk - 1) / DecodeChunk);
+  // Chunks cover the union of the rows' bands, from its first key: a function of the inputs only.
+  const Index k_begin = p.band.begin(0), k_end = std::max(k_begin, p.band.end(l.n_q - 1));
+  const Index chunks = std::max<Index>(1, (k_end - k_begin + DecodeChunk - 1) / DecodeChunk);
   const Index d_k = l.d_k, d_v = l.d_v;
 
   // Partial states, chunk-major: per chunk `rows` states and a rows x d_v accumulator.
@@ -299,9 +340,8 @@ void decode_attention(const FlashProblem<T>& p, const Mask& mask) {
         return ws;
       },
       [&](Index chunk, Workspace& ws) {
-        const Index j0 = chunk * DecodeChunk;
+        const Index j0 = k_begin + chunk * DecodeChunk;
         const Index kn = std::clamp<Index>(k_end - j0, 0, DecodeChunk);
-        auto keys = [&](Index r) { return std::clamp<Index>(p.causal_end(r % l.n_q) - j0, 0, kn); };
         // s_rj = q_r . k_j: four keys at a time for every row, rows of a head together.
         Index j = 0;
         for (; j + 4 <= kn; j += 4)
@@ -314,8 +354,13 @@ void decode_attention(const FlashProblem<T>& p, const Mask& mask) {
                 dot(ws.q.row(r).data(), p.k + (j0 + j) * p.ldk + l.kv_head(r / l.n_q) * d_k, d_k);
         for (Index r = 0; r < rows; ++r) {
           T* s = ws.s.row(r).data();
-          std::fill(s + keys(r), s + kn, -std::numeric_limits<T>::infinity());
-          mask.row(s, r % l.n_q, j0, kn);
+          const Index i = r % l.n_q;
+          if (p.softcap != T(0) || p.alibi) transform_scores(p, r / l.n_q, s, 1, 1, i, j0, kn);
+          const Index b = std::clamp<Index>(p.band.begin(i) - j0, 0, kn);
+          const Index e = std::clamp<Index>(p.band.end(i) - j0, b, kn);
+          std::fill(s, s + b, -std::numeric_limits<T>::infinity());
+          std::fill(s + e, s + kn, -std::numeric_limits<T>::infinity());
+          mask.row(s, i, j0, kn);
           typename OnlineSoftmax<T, 1>::Column alpha;
           states[chunk * rows + r].absorb(Eigen::Map<Eigen::Matrix<T, 1, Eigen::Dynamic>>(s, kn),
                                           alpha);
@@ -340,6 +385,11 @@ void decode_attention(const FlashProblem<T>& p, const Mask& mask) {
         auto acc = partial.row(r);
         for (Index c = 1; c < chunks; ++c)
           state.merge(states[c * rows + r], acc, partial.row(c * rows + r));
+        if (p.sinks) {
+          typename OnlineSoftmax<T, 1>::Column alpha;
+          state.absorb_sink(static_cast<T>(p.sinks[h]), alpha);
+          acc *= alpha(0);
+        }
         state.finalize(acc);
         Eigen::Map<Eigen::Matrix<T, 1, Eigen::Dynamic>>(p.o + i * p.ldo + h * d_v, d_v) = acc;
         if (p.lse) p.lse[i * p.ldl + h] = state.log_sum_exp()(0);

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "attn/common.hpp"
 #include "attn/detail/check.hpp"
@@ -91,11 +92,54 @@ void check_mask(const char* fn, const Eigen::DenseBase<DM>& mask, Index n_q, Ind
                  " (one mask, shared by every head)");
 }
 
-inline double checked_scale(const char* fn, const Options& o, Index d_k) {
-  if (!o.scale) return 1.0 / std::sqrt(static_cast<double>(d_k));
-  if (!std::isfinite(*o.scale))
-    fail(fn, "Options::scale is " + std::to_string(*o.scale) + "; it must be finite");
-  return *o.scale;
+// Everything that shapes a score beyond Q·K^T, validated against the layout: every kernel applies
+//   s = scale q_i·k_j  ->  cap tanh(s / cap)  ->  - slope_h |p_i - j|  ->  mask  ->  band,
+// then a softmax whose denominator holds exp(sink_h) as well.
+struct ScoreRules {
+  double scale = 1;
+  KeyBand band;
+  double softcap = 0;               // 0: none
+  const double* alibi = nullptr;    // heads slopes, or null
+  const double* sinks = nullptr;    // heads logits, or null
+
+  bool transforms() const noexcept { return softcap != 0 || alibi; }
+};
+
+inline ScoreRules checked_rules(const char* fn, const Options& o, const HeadLayout& l) {
+  ScoreRules r;
+  r.scale = 1.0 / std::sqrt(static_cast<double>(l.d_k));
+  if (o.scale) {
+    if (!std::isfinite(*o.scale))
+      fail(fn, "Options::scale is " + std::to_string(*o.scale) + "; it must be finite");
+    r.scale = *o.scale;
+  }
+  const auto bound = [&](Index b, const char* name) {
+    if (b < 0 && b != Window::unbounded)
+      fail(fn, std::string("Options::window.") + name + " is " + std::to_string(b) +
+                   "; it must be >= 0, or Window::unbounded (-1)");
+  };
+  bound(o.window.left, "left");
+  bound(o.window.right, "right");
+  r.band = KeyBand(l.n_q, l.n_k, o.causal, o.window);
+  if (!std::isfinite(o.softcap) || o.softcap < 0)
+    fail(fn, "Options::softcap is " + std::to_string(o.softcap) +
+                 "; it must be finite and >= 0 (0 for none)");
+  r.softcap = o.softcap;
+  const auto per_head = [&](const std::vector<double>& x, const char* name) -> const double* {
+    if (x.empty()) return nullptr;
+    if (static_cast<Index>(x.size()) != l.heads)
+      fail(fn, std::string("Options::") + name + " has " + std::to_string(x.size()) +
+                   " values but there are heads = " + std::to_string(l.heads) +
+                   " (one per query head, or none)");
+    for (double xi : x)
+      if (!std::isfinite(xi))
+        fail(fn, std::string("Options::") + name + " holds " + std::to_string(xi) +
+                     "; every value must be finite");
+    return x.data();
+  };
+  r.alibi = per_head(o.alibi_slopes, "alibi_slopes");
+  r.sinks = per_head(o.sinks, "sinks");
+  return r;
 }
 
 }  // namespace attn::detail
