@@ -8,6 +8,8 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <algorithm>
+#include <numeric>
 
 #include "attn/common.hpp"
 #include "attn/detail/flash.hpp"
@@ -28,14 +30,17 @@ struct AttentionOutput {
 
 namespace detail {
 
-// Tile sizes: BlockQ queries (a multiple of the QK micro-tile's two packets) by BlockK keys.
-// 48 x 64, four query tiles per key tile: measured best on AVX2 (48 rows are 8 P·V micro-tiles
-// of 6 and 3 Q·K micro-tiles of 16); the tile state stays in L1 and L2 at d <= 128.
+// Tile sizes: BlockQ queries (a multiple of the QK micro-tile's two packets, and of the P·V
+// micro-tile's 6 rows) by BlockK keys. 48 x 64 with four query tiles per key tile measured best
+// on AVX2 (48 rows are 8 P·V micro-tiles and 3 Q·K micro-tiles of 16); with 16-float AVX-512
+// packets the Q·K micro-tile is 32 rows, so the tile grows to 96 and two of them share a key
+// tile: the same 192 query rows per packed key/value tile, in L2 at d <= 128.
 template <class T>
 struct DefaultTiles {
-  static constexpr int q = 48;
+  static constexpr int q = std::max(48, std::lcm(2 * packet_size<T>, 6));
   static constexpr int k = 64;
-  static constexpr int group = 4;  // query tiles that share each packed key/value tile
+  static constexpr int group = 192 / q > 0 ? 192 / q : 1;  // query tiles per packed K/V tile
+  static_assert(q % (2 * packet_size<T>) == 0);
 };
 // Up to this many queries take the decode path (memory-bound: every key and value read once).
 inline constexpr Index decode_queries = 4;

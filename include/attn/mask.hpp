@@ -55,6 +55,13 @@ struct KeyBand {
   KeyBand() = default;
   KeyBand(Index n_q, Index n_k_, bool causal, const Window& w)
       : n_k(n_k_), offset(n_k_ - n_q), left(w.left), right(causal ? 0 : w.right) {}
+  // Query 0 at key position `offset` of these n_k keys: for a key range cut out of a longer
+  // sequence (a KV cache's segment), offset = (query 0's position) - (the range's first key's).
+  static KeyBand at(Index n_k, Index offset, bool causal, const Window& w) {
+    KeyBand b(0, n_k, causal, w);
+    b.offset = offset;
+    return b;
+  }
 
   Index begin(Index i) const noexcept {
     return left == Window::unbounded ? 0 : std::clamp<Index>(i + offset - left, 0, n_k);
