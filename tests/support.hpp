@@ -166,6 +166,70 @@ inline Reference reference_heads(const RealMatrix& q, const RealMatrix& k, const
   return all;
 }
 
+// RoPE from its definition: pair c of each head of row i turns by positions[i] * base^(-2c/dim),
+// pairs (c, c + dim/2) or, interleaved, (2c, 2c + 1); columns past dim stay.
+inline RealMatrix reference_rope(const RealMatrix& x, Index heads, const std::vector<Index>& positions,
+                                 Real base, bool interleaved, Index dim = 0) {
+  const Index d_head = x.cols() / heads;
+  if (dim == 0) dim = d_head;
+  RealMatrix y = x;
+  for (Index i = 0; i < x.rows(); ++i)
+    for (Index h = 0; h < heads; ++h)
+      for (Index c = 0; c < dim / 2; ++c) {
+        const Real angle = Real(positions[i]) * std::pow(base, -Real(2 * c) / Real(dim));
+        const Index a = h * d_head + (interleaved ? 2 * c : c);
+        const Index b = interleaved ? a + 1 : a + dim / 2;
+        y(i, a) = x(i, a) * std::cos(angle) - x(i, b) * std::sin(angle);
+        y(i, b) = x(i, b) * std::cos(angle) + x(i, a) * std::sin(angle);
+      }
+  return y;
+}
+
+inline std::vector<Index> positions_from(Index first, Index n) {
+  std::vector<Index> p(n);
+  for (Index i = 0; i < n; ++i) p[i] = first + i;
+  return p;
+}
+
+// X W + b in long double.
+inline RealMatrix reference_project(const RealMatrix& x, const RealMatrix& w, const RealMatrix& b) {
+  RealMatrix y(x.rows(), w.cols());
+  for (Index i = 0; i < x.rows(); ++i)
+    for (Index j = 0; j < w.cols(); ++j) {
+      Real sum = b(0, j);
+      for (Index c = 0; c < x.cols(); ++c) sum += x(i, c) * w(c, j);
+      y(i, j) = sum;
+    }
+  return y;
+}
+
+// max |got - ref| <= rel * max |ref|: for results that pass through several products, where an
+// entrywise bound has no natural scale.
+template <class Derived>
+::testing::AssertionResult near_normwise(const Eigen::MatrixBase<Derived>& got, const RealMatrix& ref,
+                                         double rel) {
+  if (got.rows() != ref.rows() || got.cols() != ref.cols())
+    return ::testing::AssertionFailure() << "shape " << got.rows() << "x" << got.cols()
+                                         << " != " << ref.rows() << "x" << ref.cols();
+  Real scale = 0, worst = 0;
+  Index wi = 0, wj = 0;
+  for (Index i = 0; i < ref.rows(); ++i)
+    for (Index j = 0; j < ref.cols(); ++j) {
+      scale = std::max(scale, std::abs(ref(i, j)));
+      const Real d = std::abs(static_cast<Real>(got(i, j)) - ref(i, j));
+      if (!(d <= worst)) {  // also catches NaN
+        worst = d;
+        wi = i;
+        wj = j;
+      }
+    }
+  if (!(worst <= static_cast<Real>(rel) * scale))
+    return ::testing::AssertionFailure()
+           << "max |diff| " << static_cast<double>(worst) << " at (" << wi << ", " << wj
+           << ") > " << rel << " * max |ref| " << static_cast<double>(scale);
+  return ::testing::AssertionSuccess();
+}
+
 // |got - ref| <= rel * max(|ref|, floor) entrywise.
 template <class Derived>
 ::testing::AssertionResult near_rel(const Eigen::MatrixBase<Derived>& got, const RealMatrix& ref,
@@ -209,6 +273,24 @@ template <class T, class Derived>
                << "output (" << i << ", " << c << "): got " << static_cast<double>(g)
                << ", reference " << static_cast<double>(e) << ", bound "
                << static_cast<double>(bound);
+    }
+  return ::testing::AssertionSuccess();
+}
+
+// lse: absolute error relative to 1 (it is a log), -inf exactly where nothing is attended.
+template <class T, class Derived>
+::testing::AssertionResult lse_near(const Eigen::MatrixBase<Derived>& got, const RealMatrix& ref) {
+  if (got.rows() != ref.rows() || got.cols() != ref.cols())
+    return ::testing::AssertionFailure() << "lse shape " << got.rows() << "x" << got.cols();
+  for (Index i = 0; i < ref.rows(); ++i)
+    for (Index h = 0; h < ref.cols(); ++h) {
+      const Real e = ref(i, h), g = got(i, h);
+      const bool ok = std::isinf(e)
+                          ? g == e
+                          : std::abs(g - e) <= Tolerance<T>::rel * std::max<Real>(1, std::abs(e));
+      if (!ok)
+        return ::testing::AssertionFailure()
+               << "lse(" << i << ", " << h << ") = " << double(g) << ", reference " << double(e);
     }
   return ::testing::AssertionSuccess();
 }

@@ -52,18 +52,7 @@ template <class T, class... MaskArg>
   if (!out)
     return out << " (n_q " << c.n_q << ", n_k " << c.n_k << ", d_k " << c.d_k << ", d_v " << c.d_v
                << ", heads " << c.heads << "/" << kv << ")";
-  // lse: absolute error relative to 1 (it is a log), -inf exactly where nothing is attended.
-  for (Index i = 0; i < ref.lse.rows(); ++i)
-    for (Index h = 0; h < ref.lse.cols(); ++h) {
-      const Real e = ref.lse(i, h), g = got.lse(i, h);
-      const bool ok = std::isinf(e)
-                          ? g == e
-                          : std::abs(g - e) <= Tolerance<T>::rel * std::max<Real>(1, std::abs(e));
-      if (!ok)
-        return ::testing::AssertionFailure()
-               << "lse(" << i << ", " << h << ") = " << double(g) << ", reference " << double(e);
-    }
-  return ::testing::AssertionSuccess();
+  return lse_near<T>(got.lse, ref.lse);
 }
 
 // Sizes around the tiles (48 x 64 by default; 16 and 6 for the micro-tiles), n_q != n_k,
@@ -405,6 +394,50 @@ TYPED_TEST(Attention, RejectsBadRules) {
   EXPECT_TRUE(throws_invalid(sdpa({.heads = 2, .sinks = {0, std::nan("")}}), {fn, "sinks"}));
   EXPECT_TRUE(throws_invalid([&] { attn::attention_weights(q, k, {.heads = 2, .sinks = {1}}); },
                              {"attn::attention_weights", "sinks has 1 values"}));
+}
+
+// Two disjoint key ranges, attended apart and merged through their lse, give the whole: also
+// when one range is masked for some rows (lse -inf) or for all of them.
+TYPED_TEST(Attention, MergeOfTwoKeyRangesEqualsTheWhole) {
+  using T = TypeParam;
+  const Index n_q = 70, n_k = 230, split = 101;
+  const Mat<T> q = normal<T>(n_q, 2 * 16, 101), k = normal<T>(n_k, 16, 102),
+               v = normal<T>(n_k, 24, 103);
+  const attn::Options o{.causal = true, .heads = 2, .kv_heads = 1};
+  // Causal with n_q < n_k: every query sees the first range; the second is cut per row, and
+  // with a mask some rows see none of it.
+  BoolMatrix allow = random_bool(n_q, n_k, 104);
+  allow.block(0, split, 10, n_k - split).setConstant(false);
+  // Each range alone would align causal to itself, so the whole's causal rule goes in the masks:
+  // it admits all of the first range for every query, and cuts the second per row.
+  attn::Options ob = o;
+  ob.causal = false;
+  const auto a = attn::attention_with_lse(q, k.topRows(split), v.topRows(split),
+                                          allow.leftCols(split), ob);
+  BoolMatrix allow_b = allow.rightCols(n_k - split);
+  for (Index i = 0; i < n_q; ++i)
+    for (Index j = 0; j < n_k - split; ++j) allow_b(i, j) = allow_b(i, j) && split + j <= i + n_k - n_q;
+  const auto b = attn::attention_with_lse(q, k.bottomRows(n_k - split), v.bottomRows(n_k - split),
+                                          allow_b, ob);
+  const auto merged = attn::merge_attention(a, b);
+  RefMask m;
+  m.allow = &allow;
+  m.causal = true;
+  const Reference ref = reference_heads(to_real(q), to_real(k), to_real(v), 2, 1,
+                                        1 / std::sqrt(Real(16)), m);
+  EXPECT_TRUE(output_near<T>(merged.output, ref));
+  EXPECT_TRUE(lse_near<T>(merged.lse, ref.lse));
+  // Merging with a part that attends nothing changes nothing.
+  const attn::AttentionOutput<T> empty{Mat<T>::Zero(n_q, 48),
+                                       Mat<T>::Constant(n_q, 2, -std::numeric_limits<T>::infinity())};
+  const auto same = attn::merge_attention(merged, empty);
+  EXPECT_EQ(same.output, merged.output);
+  EXPECT_EQ(same.lse, merged.lse);
+  EXPECT_EQ(attn::merge_attention(empty, merged).output, merged.output);
+  EXPECT_TRUE(attn::merge_attention(empty, empty).output.isZero(0));
+  const attn::AttentionOutput<T> narrow{Mat<T>::Zero(n_q, 24), Mat<T>::Zero(n_q, 2)};
+  EXPECT_TRUE(throws_invalid([&] { attn::merge_attention(a, narrow); },
+                             {"attn::merge_attention", "70x48", "70x24"}));
 }
 
 }  // namespace

@@ -9,6 +9,8 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <numeric>
 
 #include "attn/common.hpp"
@@ -96,7 +98,50 @@ AttentionOutput<typename DQ::Scalar> fused_checked(const char* fn, const Eigen::
   return r;
 }
 
+// acc <- the attention over both key sets, from acc and part over two disjoint ones: per row i
+// and head h, with M = max(lse_a, lse_b) and w_x = exp(lse_x - M),
+//   O = (w_a O_a + w_b O_b) / (w_a + w_b),   lse = M + log(w_a + w_b).
+// A row that neither part may attend stays 0 with lse -inf; a NaN stays in its row.
+template <class T>
+void merge_into(AttentionOutput<T>& acc, const AttentionOutput<T>& part) {
+  constexpr T neg_inf = -std::numeric_limits<T>::infinity();
+  const Index heads = acc.lse.cols(), d_v = heads ? acc.output.cols() / heads : 0;
+  for (Index i = 0; i < acc.lse.rows(); ++i)
+    for (Index h = 0; h < heads; ++h) {
+      const T a = acc.lse(i, h), b = part.lse(i, h);
+      if (b == neg_inf) continue;  // part adds nothing (also where both are empty)
+      auto o = acc.output.row(i).segment(h * d_v, d_v);
+      const auto ob = part.output.row(i).segment(h * d_v, d_v);
+      if (a == neg_inf) {
+        o = ob;
+        acc.lse(i, h) = b;
+        continue;
+      }
+      const T m = std::max(a, b), wa = std::exp(a - m), wb = std::exp(b - m), w = wa + wb;
+      o = (wa / w) * o + (wb / w) * ob;
+      acc.lse(i, h) = m + std::log(w);
+    }
+}
+
 }  // namespace detail
+
+// The attention over the union of two disjoint key sets, from the results (with lse) over each,
+// for the same queries and heads: the associative rule by which key ranges split across calls,
+// threads or machines combine exactly (up to rounding).
+template <class T>
+AttentionOutput<T> merge_attention(const AttentionOutput<T>& a, const AttentionOutput<T>& b) {
+  using detail::shape;
+  if (a.output.rows() != b.output.rows() || a.output.cols() != b.output.cols() ||
+      a.lse.rows() != b.lse.rows() || a.lse.cols() != b.lse.cols() ||
+      a.lse.rows() != a.output.rows() || a.lse.cols() == 0 ||
+      a.output.cols() % a.lse.cols() != 0)
+    detail::fail("merge_attention", "outputs " + shape(a.output) + " and " + shape(b.output) +
+                                        " with lse " + shape(a.lse) + " and " + shape(b.lse) +
+                                        "; both must be n_q x (heads·d_v) with lse n_q x heads");
+  AttentionOutput<T> r = a;
+  detail::merge_into(r, b);
+  return r;
+}
 
 // O = softmax(Q K^T * scale) V per head.  Q: n_q x (heads·d_k), K: n_k x (kv_heads·d_k),
 // V: n_k x (kv_heads·d_v)  ->  O: n_q x (heads·d_v).
