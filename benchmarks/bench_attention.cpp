@@ -17,12 +17,11 @@
 #include <utility>
 #include <vector>
 
+#include "bench_common.hpp"
+
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define ATTN_BENCH_HAVE_FMA_ROOF 1
-#endif
-#ifdef ATTN_BENCH_HAVE_CBLAS
-#include <cblas.h>
 #endif
 #ifdef _OPENMP
 #include <omp.h>
@@ -35,6 +34,11 @@
 #endif
 
 namespace {
+
+using attn_bench::add;
+using attn_bench::report;
+using attn_bench::set_threads;
+using attn_bench::thread_counts;
 
 struct Shape {
   const char* id;
@@ -49,22 +53,6 @@ const Shape kShapes[] = {
     {"S5", 8, 2048, 2048, 64, true},  {"S6", 8, 1024, 1024, 128, false},
     {"D1", 32, 1, 4096, 128, false},
 };
-
-void set_threads(int threads) {
-  Eigen::setNbThreads(threads);
-#ifdef ATTN_BENCH_HAVE_CBLAS
-  openblas_set_num_threads(threads);
-#endif
-}
-
-void report(benchmark::State& state, double flops, double bytes = 0) {
-  if (flops > 0)
-    state.counters["GFLOPS"] =
-        benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
-  if (bytes > 0)
-    state.counters["GBps"] =
-        benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
-}
 
 template <class M>
 std::vector<M> random_heads(int heads, int rows, int cols, unsigned seed) {
@@ -224,21 +212,7 @@ void read_bandwidth(benchmark::State& state) {
   report(state, 0, double(n) * sizeof(float));
 }
 
-std::vector<int> thread_counts() {
-#ifdef _OPENMP
-  return {1, 2};
-#else
-  return {1};
-#endif
-}
-
 void register_all() {
-  const auto threads = thread_counts();
-  const auto add = [&](const std::string& name, auto fn) {
-    auto* b = benchmark::RegisterBenchmark(name.c_str(), fn);
-    for (int t : threads) b->Arg(t);
-    b->ArgName("threads")->UseRealTime()->Unit(benchmark::kMillisecond);
-  };
 #ifdef ATTN_BENCH_HAVE_FMA_ROOF
   add("ceiling/fma_roof", fma_roof);
 #endif

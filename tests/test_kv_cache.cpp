@@ -39,6 +39,12 @@ TYPED_TEST(KVCacheTest, AppendsInPlaceAndRefusesOverflowUnchanged) {
   EXPECT_EQ(cache.keys(), keys);
   ASSERT_EQ(cache.segments().size(), 1u);
   EXPECT_EQ(cache.segments()[0].rows, 10);
+  cache.truncate(4);  // roll back to 4 tokens, then take others in their place
+  EXPECT_EQ(cache.position(), 4);
+  cache.append(numbered<T>(40, 2, 4), numbered<T>(40, 2, 6));
+  EXPECT_EQ(cache.keys().topRows(6).bottomRows(2), numbered<T>(40, 2, 4));
+  EXPECT_EQ(cache.keys().topRows(4), numbered<T>(0, 4, 4));
+  EXPECT_TRUE(throws_invalid([&] { cache.truncate(7); }, {"attn::KVCache::truncate", "holds 6"}));
   cache.clear();
   EXPECT_EQ(cache.size(), 0);
   EXPECT_TRUE(cache.segments().empty());
@@ -76,6 +82,8 @@ TYPED_TEST(KVCacheTest, RejectsBadShapesAndPolicies) {
                              {"attn::KVCache", "sink_tokens + window = 5"}));
   EXPECT_TRUE(throws_invalid([] { attn::KVCache<T>(4, 2, 2, {.window = 0, .sink_tokens = 1}); },
                              {"sink tokens need a window"}));
+  attn::KVCache<T> ring(4, 2, 2, {.window = 4});
+  EXPECT_TRUE(throws_invalid([&] { ring.truncate(0); }, {"attn::KVCache::truncate", "windowed"}));
   attn::KVCache<T> cache(4, 2, 3);
   EXPECT_TRUE(throws_invalid([&] { cache.append(Mat<T>(1, 3), Mat<T>(1, 3)); },
                              {"keys are 1x3", "n x 2 keys"}));

@@ -114,6 +114,18 @@ class KVCache {
   // Forgets every token; the storage stays.
   void clear() noexcept { position_ = 0; }
 
+  // Forgets the tokens from position `tokens` on (0 <= tokens <= position()), as speculative
+  // decoding does with rejected draft tokens. Plain caches only: a ring has already overwritten
+  // the older tokens that the shortened sequence would see again.
+  void truncate(Index tokens) {
+    if (windowed())
+      detail::fail("KVCache::truncate", "a windowed cache has overwritten what it would need");
+    if (tokens < 0 || tokens > position_)
+      detail::fail("KVCache::truncate", "tokens = " + std::to_string(tokens) +
+                                            " but the cache holds " + std::to_string(position_));
+    position_ = tokens;
+  }
+
  private:
   static CachePolicy checked(Index max_tokens, Index k_cols, Index v_cols, const CachePolicy& p) {
     const std::string sizes = "max_tokens = " + std::to_string(max_tokens) +
