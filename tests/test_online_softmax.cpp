@@ -211,4 +211,48 @@ TYPED_TEST(OnlineSoftmaxTest, FixedRowCount) {
   EXPECT_TRUE(state.running_sum().isZero(0));
 }
 
+// A sink is one more score in the denominator with no value: streaming the keys and then each
+// row's own sink equals the softmax of the row with the sink as an extra column whose value is 0.
+// Absorbed before any key, after them, or (-inf) not at all, it gives the same.
+TYPED_TEST(OnlineSoftmaxTest, SinksJoinEachRowsDenominator) {
+  using T = TypeParam;
+  const Index rows = 5, keys = 23, d = 3;
+  const Mat<T> s = normal<T>(rows, keys, 41, 3.0), v = normal<T>(keys, d, 42);
+  typename attn::OnlineSoftmax<T>::Column sinks(rows);
+  sinks << T(0.5), T(-4), T(9), -std::numeric_limits<T>::infinity(), T(2);
+  // The reference: the sink as column `keys` of the scores, with a zero row of values.
+  RealMatrix s_ext(rows, keys + 1), v_ext = RealMatrix::Zero(keys + 1, d);
+  s_ext.leftCols(keys) = to_real(s);
+  v_ext.topRows(keys) = to_real(v);
+  for (Index i = 0; i < rows; ++i) s_ext(i, keys) = Real(sinks(i));
+  const Reference ref = expected(s_ext, v_ext);
+
+  typename attn::OnlineSoftmax<T>::Column alpha;
+  for (const bool sink_first : {false, true}) {
+    attn::OnlineSoftmax<T> state(rows);
+    Mat<T> acc = Mat<T>::Zero(rows, d);
+    if (sink_first) state.absorb_sinks(sinks, alpha);
+    stream(state, acc, s, v, 0, keys, 7);
+    if (!sink_first) {
+      state.absorb_sinks(sinks, alpha);
+      attn::OnlineSoftmax<T>::rescale(acc, alpha);
+    }
+    state.finalize(acc);
+    EXPECT_TRUE(output_near<T>(acc, ref)) << "sink first " << sink_first;
+    // lse includes the sink: log(exp(sink) + sum_j exp(s_j)).
+    for (Index i = 0; i < rows; ++i) {
+      Real sum = std::exp(s_ext(i, keys) - 20);
+      for (Index j = 0; j < keys; ++j) sum += std::exp(s_ext(i, j) - 20);
+      EXPECT_NEAR(double(state.log_sum_exp()(i)), double(20 + std::log(sum)),
+                  Tolerance<T>::rel * 20)
+          << i;
+    }
+  }
+  // A fresh state with only a sink: l = 1 at m = sink, and the output stays 0.
+  attn::OnlineSoftmax<T> empty(rows);
+  empty.absorb_sink(T(1.5), alpha);
+  EXPECT_TRUE((empty.running_max() == T(1.5)).all());
+  EXPECT_TRUE((empty.running_sum() == T(1)).all());
+}
+
 }  // namespace

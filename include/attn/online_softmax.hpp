@@ -100,16 +100,20 @@ class OnlineSoftmax {
   //   m' = max(m, s),  alpha = exp(m - m'),  l <- alpha l + exp(s - m').
   // The caller scales its accumulator by alpha, as after absorb. Absorbed first, into a fresh
   // state, it makes m = s and l = 1.
-  void absorb_sink(T s, Column& alpha) {
+  void absorb_sink(T s, Column& alpha) { absorb_sinks(Column::Constant(rows(), s), alpha); }
+
+  // The same with a sink of its own for each row (s_i: one head's logit for that head's rows).
+  void absorb_sinks(const Column& s, Column& alpha) {
+    eigen_assert(s.rows() == rows());
     alpha.resize(rows());
-    if (s == -inf) {  // exp(-inf) adds nothing
-      alpha.setOnes();
-      return;
-    }
     for (Index i = 0; i < rows(); ++i) {
-      const T m = std::isnan(max_(i)) || std::isnan(s) ? nan : std::max(max_(i), s);
+      if (s(i) == -inf) {  // exp(-inf) adds nothing
+        alpha(i) = T(1);
+        continue;
+      }
+      const T m = std::isnan(max_(i)) || std::isnan(s(i)) ? nan : std::max(max_(i), s(i));
       alpha(i) = detail::exp_ratio(max_(i), m);
-      sum_(i) = alpha(i) * sum_(i) + detail::exp_ratio(s, m);
+      sum_(i) = alpha(i) * sum_(i) + detail::exp_ratio(s(i), m);
       max_(i) = m;
     }
   }

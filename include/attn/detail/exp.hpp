@@ -44,14 +44,21 @@ P exp_nonpositive(const P& x) {
 #else
 #define ATTN_HAVE_EXP_NONPOSITIVE_PD 0
 #endif
+#if defined(__AVX512F__) && defined(EIGEN_VECTORIZE_AVX512)
+#define ATTN_HAVE_EXP_NONPOSITIVE_PD8 1
+#else
+#define ATTN_HAVE_EXP_NONPOSITIVE_PD8 0
+#endif
 
-// Vector packets of float, and AVX2's 4 doubles, have the fast exp; the rest use Eigen's pexp.
+// Vector packets of float, and the 4 doubles of AVX2 and 8 of AVX-512, have the fast exp; the
+// rest use Eigen's pexp.
 template <class P, class S = typename Eigen::internal::unpacket_traits<P>::type>
-inline constexpr bool has_exp_nonpositive = (std::is_same_v<S, float> &&
-                                             !std::is_same_v<P, float>) ||
-                                            (std::is_same_v<S, double> &&
-                                             Eigen::internal::unpacket_traits<P>::size == 4 &&
-                                             ATTN_HAVE_EXP_NONPOSITIVE_PD);
+inline constexpr bool has_exp_nonpositive =
+    (std::is_same_v<S, float> && !std::is_same_v<P, float>) ||
+    (std::is_same_v<S, double> && Eigen::internal::unpacket_traits<P>::size == 4 &&
+     ATTN_HAVE_EXP_NONPOSITIVE_PD) ||
+    (std::is_same_v<S, double> && Eigen::internal::unpacket_traits<P>::size == 8 &&
+     ATTN_HAVE_EXP_NONPOSITIVE_PD8);
 
 #if ATTN_HAVE_EXP_NONPOSITIVE_PD
 // The same for 4 doubles, to about 1 ulp: ln 2 in Cephes' two parts, exp(r) by its Taylor
@@ -74,6 +81,26 @@ inline Eigen::internal::Packet4d exp_nonpositive(const Eigen::internal::Packet4d
   return _mm256_mul_pd(y, _mm256_castsi256_pd(e));
 }
 
+#endif
+
+#if ATTN_HAVE_EXP_NONPOSITIVE_PD8
+// The same for AVX-512's 8 doubles, step for step.
+inline Eigen::internal::Packet8d exp_nonpositive(const Eigen::internal::Packet8d& x) {
+  const __m512d n = _mm512_roundscale_pd(_mm512_mul_pd(x, _mm512_set1_pd(1.4426950408889634)),
+                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512d r = _mm512_fmadd_pd(n, _mm512_set1_pd(-6.93145751953125e-1), x);
+  r = _mm512_fmadd_pd(n, _mm512_set1_pd(-1.42860682030941723212e-6), r);
+  double inv_factorial = 1;
+  for (int k = 2; k <= 12; ++k) inv_factorial /= k;
+  __m512d y = _mm512_set1_pd(inv_factorial);
+  for (int k = 12; k >= 1; --k) {
+    inv_factorial *= k;
+    y = _mm512_fmadd_pd(y, r, _mm512_set1_pd(inv_factorial));
+  }
+  const __m256i biased = _mm256_add_epi32(_mm512_cvtpd_epi32(n), _mm256_set1_epi32(1023));
+  const __m512i e = _mm512_slli_epi64(_mm512_cvtepi32_epi64(biased), 52);
+  return _mm512_mul_pd(y, _mm512_castsi512_pd(e));
+}
 #endif
 
 template <class T>

@@ -82,11 +82,9 @@ void transform_scores(const FlashProblem<T>& p, Index h, T* s, Index lds, Index 
 struct NoScoreMask {
   template <class T>
   void tile(T*, Index, Index, Index, Index, Index) const {}
-  template <class T>
-  void row(T*, Index, Index, Index) const {}
 };
 
-// A boolean (true = may attend) or additive n_q x n_k mask, read a tile or a row at a time.
+// A boolean (true = may attend) or additive n_q x n_k mask, read a tile at a time.
 template <class DM>
 struct ScoreMask {
   const DM& mask;
@@ -105,10 +103,6 @@ struct ScoreMask {
   void tile(T* st, Index lds, Index i0, Index rows, Index j0, Index keys) const {
     for (Index i = 0; i < rows; ++i)
       for (Index j = 0; j < keys; ++j) apply(st[j * lds + i], mask.coeff(i0 + i, j0 + j));
-  }
-  template <class T>
-  void row(T* s, Index i, Index j0, Index keys) const {
-    for (Index j = 0; j < keys; ++j) apply(s[j], mask.coeff(i, j0 + j));
   }
 };
 
@@ -205,35 +199,10 @@ void absorb_key_tile(const FlashProblem<T>& p, const Mask& mask, Index h, Index 
   t.softmax.absorb_key_major(st, kn, BlockQ, t.alpha.data(), t.padded);
 
   // Rows in sixes (the P V micro-tile), each block only over the keys its rows may attend.
-  auto block = [&](Index r, Index rows) {
-    return banded ? std::pair<Index, Index>{begin(r), end(r + rows - 1)}
-                  : std::pair<Index, Index>{0, kn};
-  };
-  Index r = 0;
-  for (; r + 6 <= qn; r += 6) {
-    const auto [b, e] = block(r, 6);
-    pv_block<6>(p, st, vt, t, r, lda, b, e);
-  }
-  if (r < qn) {
-    const auto [b, e] = block(r, qn - r);
-    switch (qn - r) {
-      case 5:
-        pv_block<5>(p, st, vt, t, r, lda, b, e);
-        break;
-      case 4:
-        pv_block<4>(p, st, vt, t, r, lda, b, e);
-        break;
-      case 3:
-        pv_block<3>(p, st, vt, t, r, lda, b, e);
-        break;
-      case 2:
-        pv_block<2>(p, st, vt, t, r, lda, b, e);
-        break;
-      default:
-        pv_block<1>(p, st, vt, t, r, lda, b, e);
-        break;
-    }
-  }
+  for_row_blocks<6>(qn, [&](auto rows, Index r) {
+    const Index b = banded ? begin(r) : 0, e = banded ? end(r + rows - 1) : kn;
+    pv_block<decltype(rows)::value>(p, st, vt, t, r, lda, b, e);
+  });
 }
 
 // O = acc / l and lse = m + log l for the tile's rows of head h.
@@ -309,91 +278,103 @@ void flash_attention(const FlashProblem<T>& p, const Mask& mask) {
       });
 }
 
-// Decode: few queries, many keys. Row r = h·n_q + i is query i of head h. One work item is one
-// chunk of DecodeChunk keys for every head at once, so each K and V row is read whole and in
-// order (a row holds all the heads), the access pattern the hardware prefetcher streams best;
-// per-head passes would instead jump (heads·d) values from row to row.
+// Decode: few queries, many keys. Row r = h·n_q + i is query i of head h, so the rows of the
+// heads that share key/value head g are the contiguous block [g·R, (g+1)·R), R = group·n_q. One
+// work item is one chunk of DecodeChunk keys for every head at once: its scores are computed
+// key-major, a key/value head at a time with each K load serving the R rows of its group, and its
+// weighted values by the P·V micro-kernel of the prefill in sub-blocks of 16 keys, whose V rows
+// stay in cache across the heads. Each chunk keeps its own (m, l, acc); they are merged in chunk
+// order.
 template <int DecodeChunk, class T, class Mask>
 void decode_attention(const FlashProblem<T>& p, const Mask& mask) {
   const HeadLayout& l = p.l;
-  const Index rows = l.heads * l.n_q;
+  const Index rows = l.heads * l.n_q, group_rows = l.group() * l.n_q;
   // Chunks cover the union of the rows' bands, from its first key: a function of the inputs only.
   const Index k_begin = p.band.begin(0), k_end = std::max(k_begin, p.band.end(l.n_q - 1));
   const Index chunks = std::max<Index>(1, (k_end - k_begin + DecodeChunk - 1) / DecodeChunk);
   const Index d_k = l.d_k, d_v = l.d_v;
+  const Index lda = (d_v + packet_size<T> - 1) / packet_size<T> * packet_size<T>;
+  constexpr T neg_inf = -std::numeric_limits<T>::infinity();
 
-  // Partial states, chunk-major: per chunk `rows` states and a rows x d_v accumulator.
-  std::vector<OnlineSoftmax<T, 1>> states(chunks * rows);
-  Matrix<T> partial = Matrix<T>::Zero(chunks * rows, d_v);
+  // Per chunk: the (m, l) of every row and the unnormalised rows x lda accumulator.
+  std::vector<OnlineSoftmax<T>> states(chunks, OnlineSoftmax<T>(rows));
+  AlignedBuffer<T> partial(chunks * rows * lda, T(0));
+  const AlignedBuffer<T> ones(rows, T(1));  // no rescale inside a chunk: it is absorbed at once
 
   struct Workspace {
-    Matrix<T> q;  // rows x d_k, scaled
-    Matrix<T> s;  // rows x DecodeChunk: scores, then weights
+    Matrix<T> q;         // rows x d_k, scaled
+    AlignedBuffer<T> s;  // DecodeChunk x rows, key-major: scores, then weights
+    typename OnlineSoftmax<T>::Column alpha;
   };
   parallel_for(
       chunks, p.threads,
       [&] {
-        Workspace ws{Matrix<T>(rows, d_k), Matrix<T>(rows, DecodeChunk)};
+        Workspace ws{Matrix<T>(rows, d_k), AlignedBuffer<T>(DecodeChunk * rows), {}};
         for (Index r = 0; r < rows; ++r)
           for (Index c = 0; c < d_k; ++c)
             ws.q(r, c) = p.scale * p.q[(r % l.n_q) * p.ldq + (r / l.n_q) * d_k + c];
+        ws.alpha.resize(rows);
         return ws;
       },
       [&](Index chunk, Workspace& ws) {
         const Index j0 = k_begin + chunk * DecodeChunk;
         const Index kn = std::clamp<Index>(k_end - j0, 0, DecodeChunk);
-        // s_rj = q_r . k_j: four keys at a time for every row, rows of a head together.
-        Index j = 0;
-        for (; j + 4 <= kn; j += 4)
-          for (Index r = 0; r < rows; ++r)
-            dot4(ws.q.row(r).data(), p.k + (j0 + j) * p.ldk + l.kv_head(r / l.n_q) * d_k, p.ldk,
-                 d_k, ws.s.row(r).data() + j);
-        for (; j < kn; ++j)
-          for (Index r = 0; r < rows; ++r)
-            ws.s(r, j) =
-                dot(ws.q.row(r).data(), p.k + (j0 + j) * p.ldk + l.kv_head(r / l.n_q) * d_k, d_k);
-        for (Index r = 0; r < rows; ++r) {
-          T* s = ws.s.row(r).data();
-          const Index i = r % l.n_q;
-          if (p.softcap != T(0) || p.alibi) transform_scores(p, r / l.n_q, s, 1, 1, i, j0, kn);
-          const Index b = std::clamp<Index>(p.band.begin(i) - j0, 0, kn);
-          const Index e = std::clamp<Index>(p.band.end(i) - j0, b, kn);
-          std::fill(s, s + b, -std::numeric_limits<T>::infinity());
-          std::fill(s + e, s + kn, -std::numeric_limits<T>::infinity());
-          mask.row(s, i, j0, kn);
-          typename OnlineSoftmax<T, 1>::Column alpha;
-          states[chunk * rows + r].absorb(Eigen::Map<Eigen::Matrix<T, 1, Eigen::Dynamic>>(s, kn),
-                                          alpha);
-        }
-        // acc_r = sum_j p_rj v_j, again a whole row of V at a time.
-        for (j = 0; j < kn; ++j) {
-          const T* vj = p.v + (j0 + j) * p.ldv;
-          for (Index r = 0; r < rows; ++r) {
-            const T w = ws.s(r, j);
-            if (w != T(0))
-              axpy(w, vj + l.kv_head(r / l.n_q) * d_v, partial.row(chunk * rows + r).data(), d_v);
+        T* s = ws.s.data();
+        // Sub-blocks of keys for all heads in turn: K and V are read row after row, in order,
+        // and a sub-block's rows stay in cache while every head takes its part of them.
+        constexpr Index sub = 16;
+        for (Index j = 0; j < kn; j += sub)
+          for (Index g = 0; g < l.kv_heads; ++g)
+            for_row_blocks<4>(group_rows, [&](auto block, Index r) {
+              const Index row = g * group_rows + r;
+              dot_rows<decltype(block)::value>(ws.q.row(row).data(), d_k,
+                                               p.k + (j0 + j) * p.ldk + g * d_k, p.ldk, d_k,
+                                               std::min(sub, kn - j), s + j * rows + row, rows);
+            });
+        for (Index h = 0; h < l.heads; ++h) {
+          T* sh = s + h * l.n_q;  // head h's n_q rows, key-major with stride `rows`
+          if (p.softcap != T(0) || p.alibi) transform_scores(p, h, sh, rows, l.n_q, 0, j0, kn);
+          for (Index i = 0; i < l.n_q; ++i) {
+            const Index b = std::clamp<Index>(p.band.begin(i) - j0, 0, kn);
+            const Index e = std::clamp<Index>(p.band.end(i) - j0, b, kn);
+            for (Index j = 0; j < b; ++j) sh[j * rows + i] = neg_inf;
+            for (Index j = e; j < kn; ++j) sh[j * rows + i] = neg_inf;
           }
+          mask.tile(sh, rows, 0, l.n_q, j0, kn);
         }
+        states[chunk].absorb_key_major(s, kn, rows, ws.alpha.data(), rows);
+        T* acc = partial.data() + chunk * rows * lda;
+        for (Index j = 0; j < kn; j += sub)
+          for (Index g = 0; g < l.kv_heads; ++g)
+            for_row_blocks<6>(group_rows, [&](auto block, Index r) {
+              const Index row = g * group_rows + r;
+              pv_rows<decltype(block)::value>(s + j * rows + row, rows,
+                                              p.v + (j0 + j) * p.ldv + g * d_v, p.ldv,
+                                              std::min(sub, kn - j), d_v, ones.data(),
+                                              acc + row * lda, lda);
+            });
       });
 
-  // Merge the chunks of each row in chunk order, then normalise.
-  parallel_for(
-      rows, p.threads, [] { return 0; },
-      [&](Index r, int&) {
-        const Index h = r / l.n_q, i = r % l.n_q;
-        OnlineSoftmax<T, 1> state = states[r];
-        auto acc = partial.row(r);
-        for (Index c = 1; c < chunks; ++c)
-          state.merge(states[c * rows + r], acc, partial.row(c * rows + r));
-        if (p.sinks) {
-          typename OnlineSoftmax<T, 1>::Column alpha;
-          state.absorb_sink(static_cast<T>(p.sinks[h]), alpha);
-          acc *= alpha(0);
-        }
-        state.finalize(acc);
-        Eigen::Map<Eigen::Matrix<T, 1, Eigen::Dynamic>>(p.o + i * p.ldo + h * d_v, d_v) = acc;
-        if (p.lse) p.lse[i * p.ldl + h] = state.log_sum_exp()(0);
-      });
+  // Merge the chunks in chunk order, add each head's sink, normalise.
+  using Acc = Eigen::Map<Matrix<T>, 0, Eigen::OuterStride<>>;
+  Acc acc(partial.data(), rows, d_v, Eigen::OuterStride<>(lda));
+  OnlineSoftmax<T>& state = states[0];
+  for (Index c = 1; c < chunks; ++c)
+    state.merge(states[c], acc,
+                Acc(partial.data() + c * rows * lda, rows, d_v, Eigen::OuterStride<>(lda)));
+  if (p.sinks) {
+    typename OnlineSoftmax<T>::Column sink(rows), alpha;
+    for (Index r = 0; r < rows; ++r) sink(r) = static_cast<T>(p.sinks[r / l.n_q]);
+    state.absorb_sinks(sink, alpha);
+    OnlineSoftmax<T>::rescale(acc, alpha);
+  }
+  state.finalize(acc);
+  const auto lse = state.log_sum_exp();
+  for (Index r = 0; r < rows; ++r) {
+    const Index h = r / l.n_q, i = r % l.n_q;
+    std::copy_n(acc.row(r).data(), d_v, p.o + i * p.ldo + h * d_v);
+    if (p.lse) p.lse[i * p.ldl + h] = lse(r);
+  }
 }
 
 }  // namespace attn::detail

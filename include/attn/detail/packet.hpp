@@ -10,6 +10,7 @@
 
 #include <Eigen/Core>
 #include <limits>
+#include <type_traits>
 
 #include "attn/common.hpp"
 
@@ -147,48 +148,62 @@ ATTN_ALWAYS_INLINE void pv_rows(const T* pt, Index ldp, const T* v, Index ldv, I
   if (c < dv) pv_scalar_tail<Rows>(pt, ldp, v, ldv, keys, alpha, o, ldo, c, dv);
 }
 
-// acc <- acc + p * v over n contiguous values: one row of the decode path's weighted sum.
-template <class T>
-ATTN_ALWAYS_INLINE void axpy(T p, const T* v, T* acc, Index n) {
+// Decode scores, key-major: s[j * lds + r] = sum_c q[r * ldq + c] k[j * ldk + c] for Rows query
+// rows and Keys keys. The rows are the query heads that share one key/value head, so each load of
+// K feeds all of them (Rows·Keys accumulators along d, one horizontal sum each at the end).
+template <int Rows, int Keys, class T>
+ATTN_ALWAYS_INLINE void dot_tile(const T* q, Index ldq, const T* k, Index ldk, Index d, T* s,
+                                 Index lds) {
   using P = Packet<T>;
   constexpr int W = packet_size<T>;
-  const P pp = ei::pset1<P>(p);
-  Index c = 0;
-  for (; c + W <= n; c += W)
-    ei::pstoreu(acc + c, ei::pmadd(pp, ei::ploadu<P>(v + c), ei::ploadu<P>(acc + c)));
-  for (; c < n; ++c) acc[c] += p * v[c];
-}
-
-// out[j] = sum_c q[c] k[j * ldk + c] for j < 4: four dot products sharing the loads of q, each
-// with its own accumulator so that the four dependency chains overlap.
-template <class T>
-ATTN_ALWAYS_INLINE void dot4(const T* q, const T* k, Index ldk, Index d, T* out) {
-  using P = Packet<T>;
-  constexpr int W = packet_size<T>;
-  P acc[4];
-  for (int r = 0; r < 4; ++r) acc[r] = ei::pset1<P>(T(0));
+  P acc[Rows][Keys];
+  for (int r = 0; r < Rows; ++r)
+    for (int j = 0; j < Keys; ++j) acc[r][j] = ei::pset1<P>(T(0));
   Index c = 0;
   for (; c + W <= d; c += W) {
-    const P qc = ei::ploadu<P>(q + c);
-    for (int r = 0; r < 4; ++r) acc[r] = ei::pmadd(qc, ei::ploadu<P>(k + r * ldk + c), acc[r]);
+    P kc[Keys];
+    for (int j = 0; j < Keys; ++j) kc[j] = ei::ploadu<P>(k + j * ldk + c);
+    for (int r = 0; r < Rows; ++r) {
+      const P qc = ei::ploadu<P>(q + r * ldq + c);
+      for (int j = 0; j < Keys; ++j) acc[r][j] = ei::pmadd(qc, kc[j], acc[r][j]);
+    }
   }
-  for (int r = 0; r < 4; ++r) {
-    T s = ei::predux(acc[r]);
-    for (Index t = c; t < d; ++t) s += q[t] * k[r * ldk + t];
-    out[r] = s;
+  for (int r = 0; r < Rows; ++r)
+    for (int j = 0; j < Keys; ++j) {
+      T sum = ei::predux(acc[r][j]);
+      for (Index t = c; t < d; ++t) sum += q[r * ldq + t] * k[j * ldk + t];
+      s[j * lds + r] = sum;
+    }
+}
+
+// dot_tile over `keys` keys (in threes, then the rest) for Rows rows.
+template <int Rows, class T>
+void dot_rows(const T* q, Index ldq, const T* k, Index ldk, Index d, Index keys, T* s, Index lds) {
+  Index j = 0;
+  for (; j + 3 <= keys; j += 3) dot_tile<Rows, 3>(q, ldq, k + j * ldk, ldk, d, s + j * lds, lds);
+  if (keys - j == 2) dot_tile<Rows, 2>(q, ldq, k + j * ldk, ldk, d, s + j * lds, lds);
+  if (keys - j == 1) dot_tile<Rows, 1>(q, ldq, k + j * ldk, ldk, d, s + j * lds, lds);
+}
+
+// The last block of for_row_blocks: f(integral_constant<int, n>, r) for the n < N + 1 rows left.
+template <int N, class F>
+ATTN_ALWAYS_INLINE void row_remainder(Index n, Index r, F& f) {
+  if constexpr (N >= 1) {
+    if (n == N)
+      f(std::integral_constant<int, N>{}, r);
+    else
+      row_remainder<N - 1>(n, r, f);
   }
 }
 
-template <class T>
-ATTN_ALWAYS_INLINE T dot(const T* q, const T* k, Index d) {
-  using P = Packet<T>;
-  constexpr int W = packet_size<T>;
-  P acc = ei::pset1<P>(T(0));
-  Index c = 0;
-  for (; c + W <= d; c += W) acc = ei::pmadd(ei::ploadu<P>(q + c), ei::ploadu<P>(k + c), acc);
-  T s = ei::predux(acc);
-  for (; c < d; ++c) s += q[c] * k[c];
-  return s;
+// f(std::integral_constant<int, R>{}, r) for consecutive blocks [r, r + R) covering [0, rows):
+// blocks of Max rows, then one of the remainder, each with its size known at compile time (the
+// micro-kernels' register blocks).
+template <int Max, class F>
+ATTN_ALWAYS_INLINE void for_row_blocks(Index rows, F&& f) {
+  Index r = 0;
+  for (; r + Max <= rows; r += Max) f(std::integral_constant<int, Max>{}, r);
+  row_remainder<Max - 1>(rows - r, r, f);
 }
 
 }  // namespace attn::detail
