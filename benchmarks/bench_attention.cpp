@@ -12,7 +12,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <limits>
-#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -230,34 +229,13 @@ void register_all() {
   add("self_attention_forward/n1024_dmodel512_dk64", self_attention_forward);
 }
 
-// Google Benchmark's console lines, then one summary of the run: per shape and thread count the
-// naive and attn rates, the ceilings measured in the same process, and their ratios (medians when
-// repeated), so that every ratio compares numbers taken minutes apart at most.
-class SummaryReporter : public benchmark::ConsoleReporter {
- public:
-  void ReportRuns(const std::vector<Run>& runs) override {
-    ConsoleReporter::ReportRuns(runs);
-    for (const Run& r : runs) {
-      if (r.error_occurred || (r.run_type == Run::RT_Aggregate && r.aggregate_name != "median"))
-        continue;
-      const std::string& args = r.run_name.args;  // "threads:N"
-      const auto colon = args.find(':');
-      if (colon == std::string::npos) continue;
-      auto& cell = cells_[{r.run_name.function_name, std::stoi(args.substr(colon + 1))}];
-      for (const char* key : {"GFLOPS", "GBps"}) {
-        const auto it = r.counters.find(key);
-        if (it != r.counters.end()) cell[key] = it->second.value;
-      }
-    }
-  }
-
-  void Finalize() override {
-    auto& out = GetOutputStream();
+// The summary: per shape and thread count the naive and attn rates, the ceilings measured in
+// the same process, and their ratios.
+class Summary : public attn_bench::SummaryReporter {
+ protected:
+  void summary(std::ostream& out) const override {
     const auto get = [&](const std::string& name, int t, const char* key) {
-      const auto it = cells_.find({name, t});
-      if (it == cells_.end()) return -1.0;
-      const auto v = it->second.find(key);
-      return v == it->second.end() ? -1.0 : v->second;
+      return value(name, t, key);
     };
     const auto num = [](double x, int digits = 1) {
       if (x < 0) return std::string("-");
@@ -291,21 +269,9 @@ class SummaryReporter : public benchmark::ConsoleReporter {
         }
       }
     }
-    ConsoleReporter::Finalize();
   }
-
- private:
-  std::map<std::pair<std::string, int>, std::map<std::string, double>> cells_;
 };
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  register_all();
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  SummaryReporter reporter;
-  benchmark::RunSpecifiedBenchmarks(&reporter);
-  benchmark::Shutdown();
-  return 0;
-}
+int main(int argc, char** argv) { return attn_bench::run<Summary>(argc, argv, register_all); }

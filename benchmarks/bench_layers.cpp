@@ -5,7 +5,6 @@
 
 #include <attn/attn.hpp>
 #include <cstdio>
-#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -121,28 +120,12 @@ void register_all() {
   add("batch/one_call_each", [](benchmark::State& s) { batch(s, false); });
 }
 
-// Google Benchmark's lines, then the figures the README quotes, side by side.
-class SummaryReporter : public benchmark::ConsoleReporter {
- public:
-  void ReportRuns(const std::vector<Run>& runs) override {
-    ConsoleReporter::ReportRuns(runs);
-    for (const Run& r : runs) {
-      if (r.error_occurred || (r.run_type == Run::RT_Aggregate && r.aggregate_name != "median"))
-        continue;
-      const auto colon = r.run_name.args.find(':');
-      if (colon == std::string::npos) continue;
-      auto& cell = cells_[{r.run_name.function_name, std::stoi(r.run_name.args.substr(colon + 1))}];
-      for (const auto& [key, counter] : r.counters) cell[key] = counter.value;
-    }
-  }
-
-  void Finalize() override {
-    auto& out = GetOutputStream();
+// The summary: the figures the README quotes, side by side.
+class Summary : public attn_bench::SummaryReporter {
+ protected:
+  void summary(std::ostream& out) const override {
     const auto get = [&](const std::string& name, int t, const char* key) {
-      const auto it = cells_.find({name, t});
-      if (it == cells_.end()) return -1.0;
-      const auto v = it->second.find(key);
-      return v == it->second.end() ? -1.0 : v->second;
+      return value(name, t, key);
     };
     char line[256];
     out << "\nsummary (one run; medians when repeated)\n";
@@ -167,21 +150,9 @@ class SummaryReporter : public benchmark::ConsoleReporter {
                     kBatch.size(), packed, each, each > 0 ? packed / each : 0.0);
       out << line;
     }
-    ConsoleReporter::Finalize();
   }
-
- private:
-  std::map<std::pair<std::string, int>, std::map<std::string, double>> cells_;
 };
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  register_all();
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  SummaryReporter reporter;
-  benchmark::RunSpecifiedBenchmarks(&reporter);
-  benchmark::Shutdown();
-  return 0;
-}
+int main(int argc, char** argv) { return attn_bench::run<Summary>(argc, argv, register_all); }
