@@ -52,7 +52,8 @@ void decode_step(benchmark::State& state, Eigen::Index length) {
   attn::KVCache<float> cache(length, kv_heads * d, kv_heads * d);
   std::srand(2);
   cache.append(M::Random(length - 1, kv_heads * d), M::Random(length - 1, kv_heads * d));
-  const M q = M::Random(1, heads * d), k = M::Random(1, kv_heads * d), v = M::Random(1, kv_heads * d);
+  const M q = M::Random(1, heads * d), k = M::Random(1, kv_heads * d),
+          v = M::Random(1, kv_heads * d);
   const attn::Options o{.heads = heads, .kv_heads = kv_heads, .threads = threads};
   for (auto _ : state) {
     M y = attn::cached_attention(q, k, v, cache, o);

@@ -62,8 +62,9 @@ int main(int argc, char** argv) {
   const double full_ms = ms_since(t0);
 
   const float diff = (cached - recomputed).cwiseAbs().maxCoeff();
-  std::printf("prompt %ld tokens, %ld generated; d_model %ld, 16 heads over 4 KV heads of 32, RoPE\n",
-              long(prompt), long(generate), long(d_model));
+  std::printf(
+      "prompt %ld tokens, %ld generated; d_model %ld, 16 heads over 4 KV heads of 32, RoPE\n",
+      long(prompt), long(generate), long(d_model));
   std::printf("prefill:                         %8.2f ms\n", prefill_ms);
   std::printf("with the KV cache:               %8.3f ms per token\n", cached_ms / generate);
   std::printf("recomputing the causal forward:  %8.3f ms per token (%.1fx slower)\n",

@@ -36,7 +36,8 @@ ggml_tensor* ggml_new_tensor_4d(ggml_context* ctx, int type, std::int64_t ne0, s
                                 std::int64_t ne2, std::int64_t ne3);
 void* ggml_get_data(const ggml_tensor* tensor);
 ggml_tensor* ggml_flash_attn_ext(ggml_context* ctx, ggml_tensor* q, ggml_tensor* k, ggml_tensor* v,
-                                 ggml_tensor* mask, float scale, float max_bias, float logit_softcap);
+                                 ggml_tensor* mask, float scale, float max_bias,
+                                 float logit_softcap);
 void ggml_flash_attn_ext_set_prec(ggml_tensor* a, int prec);
 ggml_cgraph* ggml_new_graph(ggml_context* ctx);
 void ggml_build_forward_expand(ggml_cgraph* graph, ggml_tensor* tensor);
@@ -146,7 +147,8 @@ int main(int argc, char** argv) {
   double err = 0;
   for (int i = 0; i < n_q; ++i)
     for (int c = 0; c < h * d; ++c)
-      err = std::max(err, double(std::abs(o[static_cast<std::size_t>(i) * h * d + c] - expected(i, c))));
+      err = std::max(err,
+                     double(std::abs(o[static_cast<std::size_t>(i) * h * d + c] - expected(i, c))));
 
   // A layout or API mismatch shows as a large error: refuse to time the wrong computation.
   if (!(err <= (kv == "f32" ? 1e-4 : 2e-2))) {

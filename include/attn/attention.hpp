@@ -133,8 +133,7 @@ AttentionOutput<T> merge_attention(const AttentionOutput<T>& a, const AttentionO
   using detail::shape;
   if (a.output.rows() != b.output.rows() || a.output.cols() != b.output.cols() ||
       a.lse.rows() != b.lse.rows() || a.lse.cols() != b.lse.cols() ||
-      a.lse.rows() != a.output.rows() || a.lse.cols() == 0 ||
-      a.output.cols() % a.lse.cols() != 0)
+      a.lse.rows() != a.output.rows() || a.lse.cols() == 0 || a.output.cols() % a.lse.cols() != 0)
     detail::fail("merge_attention", "outputs " + shape(a.output) + " and " + shape(b.output) +
                                         " with lse " + shape(a.lse) + " and " + shape(b.lse) +
                                         "; both must be n_q x (heads·d_v) with lse n_q x heads");

@@ -8,10 +8,10 @@
 //   S  <- S masked (the causal / window band from indices, boolean or additive mask by tile)
 //   m' = max(m, rowmax S),  P = exp(S - m'),  alpha = exp(m - m'),  l <- alpha l + rowsum P
 //   acc <- alpha acc + P V_tile                          register-blocked, rescale folded in
-// and at the end O = acc / l, lse = m + log l; a sink starts the softmax at m = sink, l = 1. Extra memory per thread is
-// O(Tiles BlockQ (d_k + d_v) + BlockK (BlockQ + d_k + d_v)), whatever n is. Key tiles outside a
-// query tile's band (causal, sliding window) are skipped, and on the band's edges the micro-tiles
-// that lie wholly outside it are neither computed nor multiplied.
+// and at the end O = acc / l, lse = m + log l; a sink starts the softmax at m = sink, l = 1. Extra
+// memory per thread is O(Tiles BlockQ (d_k + d_v) + BlockK (BlockQ + d_k + d_v)), whatever n is.
+// Key tiles outside a query tile's band (causal, sliding window) are skipped, and on the band's
+// edges the micro-tiles that lie wholly outside it are neither computed nor multiplied.
 //
 // Decode (a few queries): memory-bound, so the keys are cut into fixed chunks of DecodeChunk; each
 // chunk computes the partial (m, l, acc) of every query row of every head with each K and V row
@@ -51,10 +51,10 @@ struct FlashProblem {
   T* lse;  // n_q x heads, or null
   Index ldl;
   T scale;
-  KeyBand band;              // keys [band.begin(i), band.end(i)) may be attended by query i
-  T softcap;                 // 0: none
-  const double* alibi;       // per-head slopes, or null
-  const double* sinks;       // per-head sink logits, or null
+  KeyBand band;         // keys [band.begin(i), band.end(i)) may be attended by query i
+  T softcap;            // 0: none
+  const double* alibi;  // per-head slopes, or null
+  const double* sinks;  // per-head sink logits, or null
   int threads;
 };
 
@@ -184,8 +184,7 @@ void absorb_key_tile(const FlashProblem<T>& p, const Mask& mask, Index h, Index 
   for (Index ib = 0; ib < t.padded; ib += W2) {
     const Index last = std::min(ib + W2, qn) - 1;
     const Index b = banded ? begin(ib) : 0, e = banded ? std::max(b, end(last)) : kn;
-    qk_strip(t.qt.data() + ib, BlockQ, kt + b * d_k, d_k, d_k, e - b, st + b * BlockQ + ib,
-             BlockQ);
+    qk_strip(t.qt.data() + ib, BlockQ, kt + b * d_k, d_k, d_k, e - b, st + b * BlockQ + ib, BlockQ);
   }
   if (p.softcap != T(0) || p.alibi) transform_scores(p, h, st, BlockQ, t.padded, t.i0, j0, kn);
   if (banded)  // each row's keys outside its band, computed or not
@@ -272,8 +271,8 @@ void flash_attention(const FlashProblem<T>& p, const Mask& mask) {
       [&] { return FlashWorkspace<T, BlockQ, BlockK, Tiles>(p.l.d_k, p.l.d_v); },
       [&](Index item, auto& ws) {
         // Causal blocks grow with i0; handing out the costly ones first balances the threads.
-        const Index b = p.band.right != Window::unbounded ? blocks - 1 - item % blocks
-                                                          : item % blocks;
+        const Index b =
+            p.band.right != Window::unbounded ? blocks - 1 - item % blocks : item % blocks;
         flash_rows<BlockQ, BlockK, Tiles>(p, mask, item / blocks, b * span, ws);
       });
 }
@@ -348,10 +347,9 @@ void decode_attention(const FlashProblem<T>& p, const Mask& mask) {
           for (Index g = 0; g < l.kv_heads; ++g)
             for_row_blocks<6>(group_rows, [&](auto block, Index r) {
               const Index row = g * group_rows + r;
-              pv_rows<decltype(block)::value>(s + j * rows + row, rows,
-                                              p.v + (j0 + j) * p.ldv + g * d_v, p.ldv,
-                                              std::min(sub, kn - j), d_v, ones.data(),
-                                              acc + row * lda, lda);
+              pv_rows<decltype(block)::value>(
+                  s + j * rows + row, rows, p.v + (j0 + j) * p.ldv + g * d_v, p.ldv,
+                  std::min(sub, kn - j), d_v, ones.data(), acc + row * lda, lda);
             });
       });
 

@@ -98,9 +98,9 @@ void check_mask(const char* fn, const Eigen::DenseBase<DM>& mask, Index n_q, Ind
 struct ScoreRules {
   double scale = 1;
   KeyBand band;
-  double softcap = 0;               // 0: none
-  const double* alibi = nullptr;    // heads slopes, or null
-  const double* sinks = nullptr;    // heads logits, or null
+  double softcap = 0;             // 0: none
+  const double* alibi = nullptr;  // heads slopes, or null
+  const double* sinks = nullptr;  // heads logits, or null
 
   bool transforms() const noexcept { return softcap != 0 || alibi; }
 };
