@@ -60,23 +60,19 @@ void fused(const HeadLayout& l, const RowMajorRef<T>& q, const RowMajorRef<T>& k
   out.resize(l.n_q, l.heads * l.d_v);
   if (lse) lse->resize(l.n_q, l.heads);
   if (l.n_q == 0 || (l.d_v == 0 && !lse)) return;
-  FlashProblem<T> p{l,
-                    q.data(),
-                    q.outerStride(),
-                    k.data(),
-                    k.outerStride(),
-                    v.data(),
-                    v.outerStride(),
-                    out.data(),
-                    out.cols(),
-                    lse ? lse->data() : nullptr,
-                    l.heads,
-                    static_cast<T>(rules.scale),
-                    rules.band,
-                    static_cast<T>(rules.softcap),
-                    rules.alibi,
-                    rules.sinks,
-                    threads};
+  const FlashProblem<T> p{.l = l,
+                          .q = q.data(),
+                          .ldq = q.outerStride(),
+                          .k = k.data(),
+                          .ldk = k.outerStride(),
+                          .v = v.data(),
+                          .ldv = v.outerStride(),
+                          .o = out.data(),
+                          .ldo = out.cols(),
+                          .lse = lse ? lse->data() : nullptr,
+                          .ldl = l.heads,
+                          .rules = rules,
+                          .threads = threads};
   if (l.n_q <= decode_queries)
     decode_attention<decode_chunk>(p, mask);
   else

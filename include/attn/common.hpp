@@ -27,8 +27,6 @@ struct Window {
   static constexpr Index unbounded = -1;
   Index left = unbounded;
   Index right = unbounded;
-
-  bool bounded() const noexcept { return left != unbounded || right != unbounded; }
 };
 
 struct Options {

@@ -123,8 +123,8 @@ class MultiHeadAttention {
   std::vector<Matrix<T>> attention_weights(const Eigen::MatrixBase<DX>& x,
                                            const Options& options = {}) const {
     const Options o = layer_options("MultiHeadAttention::attention_weights", options, x, x);
-    auto [q, k, v] = project_qkv(x, x, 0);
-    const Matrix<T> stacked = attn::attention_weights(q, k, o);
+    const Matrix<T> stacked = attn::attention_weights(rotated(x, w_q_, b_q_, heads_, 0),
+                                                      rotated(x, w_k_, b_k_, kv_heads_, 0), o);
     std::vector<Matrix<T>> w;
     for (int h = 0; h < heads_; ++h) w.push_back(stacked.middleRows(h * x.rows(), x.rows()));
     return w;
@@ -239,16 +239,21 @@ class MultiHeadAttention {
     Matrix<T> q, k, v;
   };
 
-  // Q from Xq, K and V from Xkv, RoPE from `first_position` on both.
+  // x w + b for Q or K (`heads` heads), with RoPE from `first_position` if the layer has it.
+  template <class DX>
+  Matrix<T> rotated(const Eigen::MatrixBase<DX>& x, const Weight& w, const Bias& b, int heads,
+                    Index first_position) const {
+    Matrix<T> y = project(x, w, b);
+    if (rope_) apply_rope(y, heads, first_position, *rope_);
+    return y;
+  }
+
+  // Q from Xq, K and V from Xkv, RoPE from `first_position` on Q and K.
   template <class DQ, class DKV>
   Projected project_qkv(const Eigen::MatrixBase<DQ>& xq, const Eigen::MatrixBase<DKV>& xkv,
                         Index first_position) const {
-    Projected p{project(xq, w_q_, b_q_), project(xkv, w_k_, b_k_), project(xkv, w_v_, b_v_)};
-    if (rope_) {
-      apply_rope(p.q, heads_, first_position, *rope_);
-      apply_rope(p.k, kv_heads_, first_position, *rope_);
-    }
-    return p;
+    return {rotated(xq, w_q_, b_q_, heads_, first_position),
+            rotated(xkv, w_k_, b_k_, kv_heads_, first_position), project(xkv, w_v_, b_v_)};
   }
 
   Matrix<T> output(const Matrix<T>& heads_out) const { return project(heads_out, w_o_, b_o_); }

@@ -60,11 +60,11 @@ void varlen(const HeadLayout& l, const RowMajorRef<T>& q, const RowMajorRef<T>& 
     const T* qs = q.data() + offsets_q[s] * q.outerStride();
     const T* ks = k.data() + offsets_k[s] * k.outerStride();
     const T* vs = v.data() + offsets_k[s] * v.outerStride();
+    ScoreRules rs = rules;
+    rs.band = KeyBand(ls.n_q, ls.n_k, o.causal, o.window);  // aligned within the sequence
     problems.push_back({ls, qs, q.outerStride(), ks, k.outerStride(), vs, v.outerStride(),
                         r.output.data() + offsets_q[s] * r.output.cols(), r.output.cols(),
-                        r.lse.data() + offsets_q[s] * r.lse.cols(), r.lse.cols(),
-                        static_cast<T>(rules.scale), KeyBand(ls.n_q, ls.n_k, o.causal, o.window),
-                        static_cast<T>(rules.softcap), rules.alibi, rules.sinks, o.threads});
+                        r.lse.data() + offsets_q[s] * r.lse.cols(), r.lse.cols(), rs, o.threads});
     first_item.push_back(first_item.back() + l.heads * ((ls.n_q + span - 1) / span));
   }
   parallel_for(

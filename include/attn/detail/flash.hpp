@@ -50,11 +50,7 @@ struct FlashProblem {
   Index ldo;
   T* lse;  // n_q x heads, or null
   Index ldl;
-  T scale;
-  KeyBand band;         // keys [band.begin(i), band.end(i)) may be attended by query i
-  T softcap;            // 0: none
-  const double* alibi;  // per-head slopes, or null
-  const double* sinks;  // per-head sink logits, or null
+  ScoreRules rules;  // scale, band, soft-capping, ALiBi, sinks: validated by the entry point
   int threads;
 };
 
@@ -62,19 +58,37 @@ struct FlashProblem {
 // (key-major) for queries i0 + i and keys j0 + j. What lies outside the band is overwritten with
 // -inf afterwards, so it may be transformed too.
 template <class T>
-void transform_scores(const FlashProblem<T>& p, Index h, T* s, Index lds, Index rows, Index i0,
+void transform_scores(const ScoreRules& rules, Index h, T* s, Index lds, Index rows, Index i0,
                       Index j0, Index keys) {
+  if (!rules.transforms()) return;
   using Col = Eigen::Array<T, Eigen::Dynamic, 1>;
   Eigen::Map<Eigen::Array<T, Eigen::Dynamic, Eigen::Dynamic>, 0, Eigen::OuterStride<>> st(
       s, rows, keys, Eigen::OuterStride<>(lds));
-  if (p.softcap != T(0)) st = p.softcap * (st * (T(1) / p.softcap)).tanh();
-  if (p.alibi) {
-    const T slope = static_cast<T>(p.alibi[h]);
+  if (rules.softcap != 0) {
+    const T cap = static_cast<T>(rules.softcap);
+    st = cap * (st * (T(1) / cap)).tanh();
+  }
+  if (rules.alibi) {
+    const T slope = static_cast<T>(rules.alibi[h]);
     for (Index j = 0; j < keys; ++j) {
       // p_i - j for the tile's rows: whole numbers, exact in T for any realistic length.
-      const T d0 = static_cast<T>(i0 + p.band.offset - (j0 + j));
+      const T d0 = static_cast<T>(i0 + rules.band.offset - (j0 + j));
       st.col(j) -= slope * Col::LinSpaced(rows, d0, d0 + static_cast<T>(rows - 1)).abs();
     }
+  }
+}
+
+// s(i, j) <- -inf for the keys j0 + j (j < keys) outside the band of query i0 + i, for the rows
+// at s, key-major (s(i, j) = s[j * lds + i]): a prefix and a suffix of each row.
+template <class T>
+void mask_outside_band(const KeyBand& band, T* s, Index lds, Index i0, Index rows, Index j0,
+                       Index keys) {
+  constexpr T neg_inf = -std::numeric_limits<T>::infinity();
+  for (Index i = 0; i < rows; ++i) {
+    const Index b = std::clamp<Index>(band.begin(i0 + i) - j0, 0, keys);
+    const Index e = std::clamp<Index>(band.end(i0 + i) - j0, b, keys);
+    for (Index j = 0; j < b; ++j) s[j * lds + i] = neg_inf;
+    for (Index j = e; j < keys; ++j) s[j * lds + i] = neg_inf;
   }
 }
 
@@ -144,17 +158,19 @@ void start_tile(const FlashProblem<T>& p, Index h, Index i0, Index lda, QueryTil
   t.rows = std::min<Index>(BlockQ, p.l.n_q - i0);
   t.padded = (t.rows + W2 - 1) / W2 * W2;
   // Keys outside the band of every query of the tile are skipped outright.
-  t.k_begin = p.band.begin(i0);
-  t.k_end = std::max(t.k_begin, p.band.end(i0 + t.rows - 1));
+  const KeyBand& band = p.rules.band;
+  t.k_begin = band.begin(i0);
+  t.k_end = std::max(t.k_begin, band.end(i0 + t.rows - 1));
   // Row by row: the reads stream, the strided writes land in L1.
+  const T scale = static_cast<T>(p.rules.scale);
   for (Index i = 0; i < t.rows; ++i) {
     const T* q = p.q + (i0 + i) * p.ldq + h * p.l.d_k;
-    for (Index c = 0; c < p.l.d_k; ++c) t.qt[c * BlockQ + i] = p.scale * q[c];
+    for (Index c = 0; c < p.l.d_k; ++c) t.qt[c * BlockQ + i] = scale * q[c];
   }
   for (Index c = 0; c < p.l.d_k; ++c)
     std::fill(t.qt.data() + c * BlockQ + t.rows, t.qt.data() + c * BlockQ + t.padded, T(0));
   t.softmax = OnlineSoftmax<T, BlockQ>();
-  if (p.sinks) t.softmax.absorb_sink(static_cast<T>(p.sinks[h]), t.alpha);
+  if (p.rules.sinks) t.softmax.absorb_sink(static_cast<T>(p.rules.sinks[h]), t.alpha);
   std::fill(t.acc.begin(), t.acc.begin() + t.rows * lda, T(0));
 }
 
@@ -173,12 +189,12 @@ template <int BlockQ, class T, class Mask>
 void absorb_key_tile(const FlashProblem<T>& p, const Mask& mask, Index h, Index j0, Index kn,
                      const T* kt, const T* vt, T* st, Index lda, QueryTile<T, BlockQ>& t) {
   constexpr int W2 = 2 * packet_size<T>;
-  constexpr T neg_inf = -std::numeric_limits<T>::infinity();
   const Index d_k = p.l.d_k, qn = t.rows;
+  const KeyBand& band = p.rules.band;
   // The band of the tile's row i, in this tile's key coordinates: keys [begin(i), end(i)).
-  auto begin = [&](Index i) { return std::clamp<Index>(p.band.begin(t.i0 + i) - j0, 0, kn); };
-  auto end = [&](Index i) { return std::clamp<Index>(p.band.end(t.i0 + i) - j0, 0, kn); };
-  const bool banded = !p.band.full();
+  auto begin = [&](Index i) { return std::clamp<Index>(band.begin(t.i0 + i) - j0, 0, kn); };
+  auto end = [&](Index i) { return std::clamp<Index>(band.end(t.i0 + i) - j0, 0, kn); };
+  const bool banded = !band.full();
 
   // Micro-tiles that lie wholly outside the band of all their rows are not computed.
   for (Index ib = 0; ib < t.padded; ib += W2) {
@@ -186,13 +202,9 @@ void absorb_key_tile(const FlashProblem<T>& p, const Mask& mask, Index h, Index 
     const Index b = banded ? begin(ib) : 0, e = banded ? std::max(b, end(last)) : kn;
     qk_strip(t.qt.data() + ib, BlockQ, kt + b * d_k, d_k, d_k, e - b, st + b * BlockQ + ib, BlockQ);
   }
-  if (p.softcap != T(0) || p.alibi) transform_scores(p, h, st, BlockQ, t.padded, t.i0, j0, kn);
-  if (banded)  // each row's keys outside its band, computed or not
-    for (Index i = 0; i < qn; ++i) {
-      const Index b = begin(i), e = std::max(b, end(i));
-      for (Index j = 0; j < b; ++j) st[j * BlockQ + i] = neg_inf;
-      for (Index j = e; j < kn; ++j) st[j * BlockQ + i] = neg_inf;
-    }
+  transform_scores(p.rules, h, st, BlockQ, t.padded, t.i0, j0, kn);
+  // Each row's keys outside its band, computed or not.
+  if (banded) mask_outside_band(band, st, BlockQ, t.i0, qn, j0, kn);
   mask.tile(st, BlockQ, t.i0, qn, j0, kn);
 
   t.softmax.absorb_key_major(st, kn, BlockQ, t.alpha.data(), t.padded);
@@ -272,7 +284,7 @@ void flash_attention(const FlashProblem<T>& p, const Mask& mask) {
       [&](Index item, auto& ws) {
         // Causal blocks grow with i0; handing out the costly ones first balances the threads.
         const Index b =
-            p.band.right != Window::unbounded ? blocks - 1 - item % blocks : item % blocks;
+            p.rules.band.right != Window::unbounded ? blocks - 1 - item % blocks : item % blocks;
         flash_rows<BlockQ, BlockK, Tiles>(p, mask, item / blocks, b * span, ws);
       });
 }
@@ -289,11 +301,12 @@ void decode_attention(const FlashProblem<T>& p, const Mask& mask) {
   const HeadLayout& l = p.l;
   const Index rows = l.heads * l.n_q, group_rows = l.group() * l.n_q;
   // Chunks cover the union of the rows' bands, from its first key: a function of the inputs only.
-  const Index k_begin = p.band.begin(0), k_end = std::max(k_begin, p.band.end(l.n_q - 1));
+  const KeyBand& band = p.rules.band;
+  const Index k_begin = band.begin(0), k_end = std::max(k_begin, band.end(l.n_q - 1));
   const Index chunks = std::max<Index>(1, (k_end - k_begin + DecodeChunk - 1) / DecodeChunk);
   const Index d_k = l.d_k, d_v = l.d_v;
   const Index lda = (d_v + packet_size<T> - 1) / packet_size<T> * packet_size<T>;
-  constexpr T neg_inf = -std::numeric_limits<T>::infinity();
+  const T scale = static_cast<T>(p.rules.scale);
 
   // Per chunk: the (m, l) of every row and the unnormalised rows x lda accumulator.
   std::vector<OnlineSoftmax<T>> states(chunks, OnlineSoftmax<T>(rows));
@@ -311,7 +324,7 @@ void decode_attention(const FlashProblem<T>& p, const Mask& mask) {
         Workspace ws{Matrix<T>(rows, d_k), AlignedBuffer<T>(DecodeChunk * rows), {}};
         for (Index r = 0; r < rows; ++r)
           for (Index c = 0; c < d_k; ++c)
-            ws.q(r, c) = p.scale * p.q[(r % l.n_q) * p.ldq + (r / l.n_q) * d_k + c];
+            ws.q(r, c) = scale * p.q[(r % l.n_q) * p.ldq + (r / l.n_q) * d_k + c];
         ws.alpha.resize(rows);
         return ws;
       },
@@ -332,13 +345,8 @@ void decode_attention(const FlashProblem<T>& p, const Mask& mask) {
             });
         for (Index h = 0; h < l.heads; ++h) {
           T* sh = s + h * l.n_q;  // head h's n_q rows, key-major with stride `rows`
-          if (p.softcap != T(0) || p.alibi) transform_scores(p, h, sh, rows, l.n_q, 0, j0, kn);
-          for (Index i = 0; i < l.n_q; ++i) {
-            const Index b = std::clamp<Index>(p.band.begin(i) - j0, 0, kn);
-            const Index e = std::clamp<Index>(p.band.end(i) - j0, b, kn);
-            for (Index j = 0; j < b; ++j) sh[j * rows + i] = neg_inf;
-            for (Index j = e; j < kn; ++j) sh[j * rows + i] = neg_inf;
-          }
+          transform_scores(p.rules, h, sh, rows, l.n_q, 0, j0, kn);
+          mask_outside_band(band, sh, rows, 0, l.n_q, j0, kn);
           mask.tile(sh, rows, 0, l.n_q, j0, kn);
         }
         states[chunk].absorb_key_major(s, kn, rows, ws.alpha.data(), rows);
@@ -360,9 +368,9 @@ void decode_attention(const FlashProblem<T>& p, const Mask& mask) {
   for (Index c = 1; c < chunks; ++c)
     state.merge(states[c], acc,
                 Acc(partial.data() + c * rows * lda, rows, d_v, Eigen::OuterStride<>(lda)));
-  if (p.sinks) {
+  if (p.rules.sinks) {
     typename OnlineSoftmax<T>::Column sink(rows), alpha;
-    for (Index r = 0; r < rows; ++r) sink(r) = static_cast<T>(p.sinks[r / l.n_q]);
+    for (Index r = 0; r < rows; ++r) sink(r) = static_cast<T>(p.rules.sinks[r / l.n_q]);
     state.absorb_sinks(sink, alpha);
     OnlineSoftmax<T>::rescale(acc, alpha);
   }

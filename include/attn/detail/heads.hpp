@@ -97,11 +97,12 @@ void check_mask(const char* fn, const Eigen::DenseBase<DM>& mask, Index n_q, Ind
 // then a softmax whose denominator holds exp(sink_h) as well.
 struct ScoreRules {
   double scale = 1;
-  KeyBand band;
+  KeyBand band;                   // query i may attend keys [band.begin(i), band.end(i))
   double softcap = 0;             // 0: none
   const double* alibi = nullptr;  // heads slopes, or null
   const double* sinks = nullptr;  // heads logits, or null
 
+  // Whether soft-capping or ALiBi change the scaled scores at all.
   bool transforms() const noexcept { return softcap != 0 || alibi; }
 };
 
