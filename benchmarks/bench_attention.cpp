@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "bench_common.hpp"
+#include "workload.hpp"
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -39,19 +40,8 @@ using attn_bench::report;
 using attn_bench::set_threads;
 using attn_bench::thread_counts;
 
-struct Shape {
-  const char* id;
-  int heads, n_q, n_k, d;
-  bool causal;
-  double flops() const { return (causal ? 2.0 : 4.0) * heads * double(n_q) * n_k * d; }
-};
-
-const Shape kShapes[] = {
-    {"S1", 1, 512, 512, 64, false},   {"S2", 1, 2048, 2048, 64, false},
-    {"S3", 8, 1024, 1024, 64, false}, {"S4", 8, 4096, 4096, 64, false},
-    {"S5", 8, 2048, 2048, 64, true},  {"S6", 8, 1024, 1024, 128, false},
-    {"D1", 32, 1, 4096, 128, false},
-};
+using attn_bench::kShapes;
+using attn_bench::Shape;
 
 template <class M>
 std::vector<M> random_heads(int heads, int rows, int cols, unsigned seed) {

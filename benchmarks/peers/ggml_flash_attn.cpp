@@ -20,6 +20,8 @@
 #include <string>
 #include <vector>
 
+#include "../workload.hpp"
+
 extern "C" {
 struct ggml_context;
 struct ggml_tensor;
@@ -50,15 +52,8 @@ namespace {
 
 constexpr int kTypeF32 = 0, kTypeF16 = 1, kPrecF32 = 10, kStatusSuccess = 0;
 
-struct Shape {
-  const char* id;
-  int heads, n_q, n_k, d;
-  bool causal;
-};
-constexpr Shape kShapes[] = {{"S1", 1, 512, 512, 64, false},   {"S2", 1, 2048, 2048, 64, false},
-                             {"S3", 8, 1024, 1024, 64, false}, {"S4", 8, 4096, 4096, 64, false},
-                             {"S5", 8, 2048, 2048, 64, true},  {"S6", 8, 1024, 1024, 128, false},
-                             {"D1", 32, 1, 4096, 128, false}};
+using attn_bench::kShapes;
+using attn_bench::Shape;
 
 void fill(ggml_tensor* t, const std::vector<float>& values, int type) {
   if (type == kTypeF32)
@@ -170,7 +165,7 @@ int main(int argc, char** argv) {
     per_call.push_back(elapsed / calls);
   }
   std::nth_element(per_call.begin(), per_call.begin() + 2, per_call.end());
-  const double flops = 4.0 * h * n_q * n_k * d * (shape->causal ? 0.5 : 1.0);
+  const double flops = shape->flops();
   std::printf("ggml-flash-attn-%s %s %d %.1f GFLOP/s max_abs_err_vs_attn %.2e\n", kv.c_str(),
               shape->id, threads, flops / per_call[2] * 1e-9, err);
   ggml_free(ctx);
