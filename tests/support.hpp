@@ -168,8 +168,9 @@ inline Reference reference_heads(const RealMatrix& q, const RealMatrix& k, const
 
 // RoPE from its definition: pair c of each head of row i turns by positions[i] * base^(-2c/dim),
 // pairs (c, c + dim/2) or, interleaved, (2c, 2c + 1); columns past dim stay.
-inline RealMatrix reference_rope(const RealMatrix& x, Index heads, const std::vector<Index>& positions,
-                                 Real base, bool interleaved, Index dim = 0) {
+inline RealMatrix reference_rope(const RealMatrix& x, Index heads,
+                                 const std::vector<Index>& positions, Real base, bool interleaved,
+                                 Index dim = 0) {
   const Index d_head = x.cols() / heads;
   if (dim == 0) dim = d_head;
   RealMatrix y = x;
@@ -206,8 +207,8 @@ inline RealMatrix reference_project(const RealMatrix& x, const RealMatrix& w, co
 // max |got - ref| <= rel * max |ref|: for results that pass through several products, where an
 // entrywise bound has no natural scale.
 template <class Derived>
-::testing::AssertionResult near_normwise(const Eigen::MatrixBase<Derived>& got, const RealMatrix& ref,
-                                         double rel) {
+::testing::AssertionResult near_normwise(const Eigen::MatrixBase<Derived>& got,
+                                         const RealMatrix& ref, double rel) {
   if (got.rows() != ref.rows() || got.cols() != ref.cols())
     return ::testing::AssertionFailure() << "shape " << got.rows() << "x" << got.cols()
                                          << " != " << ref.rows() << "x" << ref.cols();
@@ -225,8 +226,8 @@ template <class Derived>
     }
   if (!(worst <= static_cast<Real>(rel) * scale))
     return ::testing::AssertionFailure()
-           << "max |diff| " << static_cast<double>(worst) << " at (" << wi << ", " << wj
-           << ") > " << rel << " * max |ref| " << static_cast<double>(scale);
+           << "max |diff| " << static_cast<double>(worst) << " at (" << wi << ", " << wj << ") > "
+           << rel << " * max |ref| " << static_cast<double>(scale);
   return ::testing::AssertionSuccess();
 }
 

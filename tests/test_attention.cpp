@@ -158,8 +158,8 @@ TYPED_TEST(Attention, SmallTilesCoverEveryEdge) {
       {.causal = true, .window = {6, attn::Window::unbounded}},
       {.window = {attn::Window::unbounded, 4}},
   };
-  for (const Case& c : {Case{37, 41, 5, 3, 2, 1}, Case{Q, 5, 8, 8}, Case{Q + 1, 11, 3, 9},
-                        Case{45, 60, 4, 4}}) {
+  for (const Case& c :
+       {Case{37, 41, 5, 3, 2, 1}, Case{Q, 5, 8, 8}, Case{Q + 1, 11, 3, 9}, Case{45, 60, 4, 4}}) {
     for (attn::Options o : rules) {
       const int kv = c.kv_heads ? c.kv_heads : c.heads;
       const Mat<T> q = normal<T>(c.n_q, c.heads * c.d_k, 31), k = normal<T>(c.n_k, kv * c.d_k, 32),
@@ -280,8 +280,11 @@ TYPED_TEST(Attention, RejectsBadHeadLayouts) {
 TYPED_TEST(Attention, SlidingWindowMatchesReference) {
   using T = TypeParam;
   constexpr Index U = attn::Window::unbounded;
-  const Case cases[] = {{130, 130, 16, 16}, {97, 250, 8, 12, 4, 2}, {250, 97, 8, 8, 2, 1},
-                        {3, 700, 32, 32, 4, 1}, {1, 600, 16, 16}};
+  const Case cases[] = {{130, 130, 16, 16},
+                        {97, 250, 8, 12, 4, 2},
+                        {250, 97, 8, 8, 2, 1},
+                        {3, 700, 32, 32, 4, 1},
+                        {1, 600, 16, 16}};
   const attn::Window windows[] = {{0, 0}, {5, U}, {U, 7}, {3, 2}, {70, 0}, {200, 100}, {1, 300}};
   for (const Case& c : cases)
     for (const attn::Window& w : windows)
@@ -294,11 +297,12 @@ TYPED_TEST(Attention, SlidingWindowMatchesReference) {
 TYPED_TEST(Attention, WindowEqualsTheEquivalentBooleanMask) {
   using T = TypeParam;
   const Index n_q = 150, n_k = 210;
-  const Mat<T> q = normal<T>(n_q, 2 * 16, 71), k = normal<T>(n_k, 16, 72), v = normal<T>(n_k, 8, 73);
+  const Mat<T> q = normal<T>(n_q, 2 * 16, 71), k = normal<T>(n_k, 16, 72),
+               v = normal<T>(n_k, 8, 73);
   const double tol = std::is_same_v<T, float> ? 1e-5 : 1e-13;
   for (const attn::Window w : {attn::Window{10, 0}, attn::Window{0, 10}, attn::Window{64, 64}}) {
-    const Mat<T> fused = attn::scaled_dot_product_attention(q, k, v, {.heads = 2, .kv_heads = 1,
-                                                                      .window = w});
+    const Mat<T> fused =
+        attn::scaled_dot_product_attention(q, k, v, {.heads = 2, .kv_heads = 1, .window = w});
     const Mat<T> masked = attn::reference::scaled_dot_product_attention(
         q, k, v, attn::window_mask(n_q, n_k, w), {.heads = 2, .kv_heads = 1});
     EXPECT_LE((fused - masked).cwiseAbs().maxCoeff(), tol) << w.left << ", " << w.right;
@@ -321,8 +325,8 @@ std::vector<double> some_sinks(int heads) {
 // ALiBi, soft-capping and sinks, alone and together, with masks and bands, on both paths.
 TYPED_TEST(Attention, AlibiSoftcapAndSinksMatchReference) {
   using T = TypeParam;
-  const Case cases[] = {{120, 150, 16, 16, 4, 2}, {2, 500, 32, 32, 4, 1}, {70, 70, 8, 8, 2},
-                        {150, 90, 12, 10, 3, 3}};
+  const Case cases[] = {
+      {120, 150, 16, 16, 4, 2}, {2, 500, 32, 32, 4, 1}, {70, 70, 8, 8, 2}, {150, 90, 12, 10, 3, 3}};
   for (const Case& c : cases) {
     attn::Options alibi, softcap, sinks, all;
     alibi.alibi_slopes = all.alibi_slopes = alibi_slopes(c.heads);
@@ -344,8 +348,10 @@ TYPED_TEST(Attention, AlibiSoftcapAndSinksMatchReference) {
 // log-sum-exp is the sink itself.
 TYPED_TEST(Attention, SinkRowsWithNothingToAttendAreZero) {
   using T = TypeParam;
-  const Mat<T> q = normal<T>(60, 2 * 8, 81), k = normal<T>(20, 2 * 8, 82), v = normal<T>(20, 16, 83);
-  const auto r = attn::attention_with_lse(q, k, v, {.causal = true, .heads = 2, .sinks = {1.5, -3}});
+  const Mat<T> q = normal<T>(60, 2 * 8, 81), k = normal<T>(20, 2 * 8, 82),
+               v = normal<T>(20, 16, 83);
+  const auto r =
+      attn::attention_with_lse(q, k, v, {.causal = true, .heads = 2, .sinks = {1.5, -3}});
   for (Index i = 0; i < 40; ++i) {  // causal with n_q - n_k = 40: rows 0..39 see no key
     EXPECT_TRUE(r.output.row(i).isZero(0)) << i;
     EXPECT_EQ(r.lse(i, 0), T(1.5));
@@ -412,24 +418,25 @@ TYPED_TEST(Attention, MergeOfTwoKeyRangesEqualsTheWhole) {
   // it admits all of the first range for every query, and cuts the second per row.
   attn::Options ob = o;
   ob.causal = false;
-  const auto a = attn::attention_with_lse(q, k.topRows(split), v.topRows(split),
-                                          allow.leftCols(split), ob);
+  const auto a =
+      attn::attention_with_lse(q, k.topRows(split), v.topRows(split), allow.leftCols(split), ob);
   BoolMatrix allow_b = allow.rightCols(n_k - split);
   for (Index i = 0; i < n_q; ++i)
-    for (Index j = 0; j < n_k - split; ++j) allow_b(i, j) = allow_b(i, j) && split + j <= i + n_k - n_q;
+    for (Index j = 0; j < n_k - split; ++j)
+      allow_b(i, j) = allow_b(i, j) && split + j <= i + n_k - n_q;
   const auto b = attn::attention_with_lse(q, k.bottomRows(n_k - split), v.bottomRows(n_k - split),
                                           allow_b, ob);
   const auto merged = attn::merge_attention(a, b);
   RefMask m;
   m.allow = &allow;
   m.causal = true;
-  const Reference ref = reference_heads(to_real(q), to_real(k), to_real(v), 2, 1,
-                                        1 / std::sqrt(Real(16)), m);
+  const Reference ref =
+      reference_heads(to_real(q), to_real(k), to_real(v), 2, 1, 1 / std::sqrt(Real(16)), m);
   EXPECT_TRUE(output_near<T>(merged.output, ref));
   EXPECT_TRUE(lse_near<T>(merged.lse, ref.lse));
   // Merging with a part that attends nothing changes nothing.
-  const attn::AttentionOutput<T> empty{Mat<T>::Zero(n_q, 48),
-                                       Mat<T>::Constant(n_q, 2, -std::numeric_limits<T>::infinity())};
+  const attn::AttentionOutput<T> empty{
+      Mat<T>::Zero(n_q, 48), Mat<T>::Constant(n_q, 2, -std::numeric_limits<T>::infinity())};
   const auto same = attn::merge_attention(merged, empty);
   EXPECT_EQ(same.output, merged.output);
   EXPECT_EQ(same.lse, merged.lse);

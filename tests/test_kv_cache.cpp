@@ -146,9 +146,7 @@ TYPED_TEST(KVCacheTest, TokenByTokenAndChunksEqualTheCausalForward) {
     EXPECT_EQ(cache.position(), s.n);
     // Full: one more token is refused, and the cache is as it was.
     EXPECT_TRUE(throws_invalid(
-        [&] {
-          attn::cached_attention(t.q.topRows(1), t.k.topRows(1), t.v.topRows(1), cache, o);
-        },
+        [&] { attn::cached_attention(t.q.topRows(1), t.k.topRows(1), t.v.topRows(1), cache, o); },
         {"attn::KVCache::append", "max_tokens = 150"}));
     EXPECT_EQ(cache.position(), s.n);
   }
@@ -225,13 +223,13 @@ TYPED_TEST(KVCacheTest, CachedAttentionRejectsBadInputBeforeTouchingTheCache) {
                              {fn, "Q is 1x16", "2x8"}));
   EXPECT_TRUE(throws_invalid([&] { attn::cached_attention(q, k, v, cache, {.heads = 4}); }, {fn}));
   attn::KVCache<T> narrow(8, 4, 8);
-  EXPECT_TRUE(throws_invalid(
-      [&] { attn::cached_attention(q, k, v, narrow, {.heads = 4, .kv_heads = 2}); },
-      {fn, "key width 4"}));
+  EXPECT_TRUE(
+      throws_invalid([&] { attn::cached_attention(q, k, v, narrow, {.heads = 4, .kv_heads = 2}); },
+                     {fn, "key width 4"}));
   attn::Options bad = o;
   bad.alibi_slopes = {1.0};
-  EXPECT_TRUE(throws_invalid([&] { attn::cached_attention(q, k, v, cache, bad); },
-                             {fn, "alibi_slopes"}));
+  EXPECT_TRUE(
+      throws_invalid([&] { attn::cached_attention(q, k, v, cache, bad); }, {fn, "alibi_slopes"}));
   EXPECT_EQ(cache.position(), 0);
   EXPECT_EQ(narrow.position(), 0);
 }

@@ -46,8 +46,8 @@ RealMatrix reference_layer(const attn::MultiHeadAttention<T>& l, const RealMatri
     q = reference_rope(q, l.heads(), pq, l.rope()->base, inter, l.rope()->rotary_dim);
     k = reference_rope(k, l.kv_heads(), pk, l.rope()->base, inter, l.rope()->rotary_dim);
   }
-  const Reference r = reference_heads(q, k, v, l.heads(), l.kv_heads(),
-                                      1 / std::sqrt(Real(l.d_head())), m);
+  const Reference r =
+      reference_heads(q, k, v, l.heads(), l.kv_heads(), 1 / std::sqrt(Real(l.d_head())), m);
   return reference_project(r.o, to_real(l.w_o()), to_real(l.b_o()));
 }
 
@@ -119,8 +119,8 @@ TYPED_TEST(MultiHeadAttentionTest, AttentionWeightsOnePerHead) {
   const RealMatrix k = reference_project(to_real(x), to_real(layer.w_k()), to_real(layer.b_k()));
   RefMask causal;
   causal.causal = true;
-  const Reference r = reference_heads(q, k, RealMatrix::Zero(11, 2), 4, 2, 1 / std::sqrt(Real(4)),
-                                      causal);
+  const Reference r =
+      reference_heads(q, k, RealMatrix::Zero(11, 2), 4, 2, 1 / std::sqrt(Real(4)), causal);
   for (int h = 0; h < 4; ++h) {
     EXPECT_TRUE(row_stochastic(w[h])) << h;
     EXPECT_TRUE(near_normwise(w[h], r.w.middleRows(h * 11, 11), layer_tol<T>)) << h;
@@ -139,8 +139,8 @@ TYPED_TEST(MultiHeadAttentionTest, RopeFollowsTheTokenPositions) {
   // Without RoPE the layer is permutation-equivariant; with it, it is not: positions count.
   auto no_rope = layer;
   no_rope.rope().reset();
-  EXPECT_FALSE(near_normwise(layer.forward(x), reference_layer(no_rope, to_real(x), to_real(x)),
-                             1e-3));
+  EXPECT_FALSE(
+      near_normwise(layer.forward(x), reference_layer(no_rope, to_real(x), to_real(x)), 1e-3));
 }
 
 // Decoding through the cache, token by token or in chunks, with RoPE at the cache's positions,
@@ -196,8 +196,8 @@ TYPED_TEST(MultiHeadAttentionTest, PackedBatchEqualsEachSequenceAlone) {
   for (std::size_t s = 0; s + 1 < offsets.size(); ++s) {
     const Index b = offsets[s], len = offsets[s + 1] - b;
     const RealMatrix xs = to_real(x.middleRows(b, len));
-    EXPECT_TRUE(near_normwise(y.middleRows(b, len), reference_layer(layer, xs, xs, causal),
-                              layer_tol<T>))
+    EXPECT_TRUE(
+        near_normwise(y.middleRows(b, len), reference_layer(layer, xs, xs, causal), layer_tol<T>))
         << "sequence " << s;
   }
 }
@@ -205,8 +205,8 @@ TYPED_TEST(MultiHeadAttentionTest, PackedBatchEqualsEachSequenceAlone) {
 TYPED_TEST(MultiHeadAttentionTest, RejectsBadShapesAndHeadCounts) {
   using T = TypeParam;
   using MHA = attn::MultiHeadAttention<T>;
-  EXPECT_TRUE(throws_invalid([] { MHA(30, 4); }, {"attn::MultiHeadAttention", "d_model = 30",
-                                                  "heads = 4"}));
+  EXPECT_TRUE(throws_invalid([] { MHA(30, 4); },
+                             {"attn::MultiHeadAttention", "d_model = 30", "heads = 4"}));
   EXPECT_TRUE(throws_invalid([] { MHA(32, 6, 4, 8); }, {"heads = 6", "kv_heads = 4", "multiple"}));
   EXPECT_TRUE(throws_invalid([] { MHA(32, 4, 0, 8); }, {"kv_heads = 0"}));
   EXPECT_TRUE(throws_invalid([] { MHA(32, 4, 2, 0); }, {"d_head = 0"}));
@@ -218,15 +218,18 @@ TYPED_TEST(MultiHeadAttentionTest, RejectsBadShapesAndHeadCounts) {
   EXPECT_TRUE(throws_invalid([&] { layer.forward(x, {.heads = 8}); },
                              {fn, "heads = 8", "layer has heads = 4"}));
   EXPECT_NO_THROW(layer.forward(x, {.heads = 4, .kv_heads = 2}));
-  EXPECT_TRUE(throws_invalid([&] { layer.forward(x, x, BoolMatrix::Ones(5, 4)); },
-                             {"mask is 5x4"}));
+  EXPECT_TRUE(
+      throws_invalid([&] { layer.forward(x, x, BoolMatrix::Ones(5, 4)); }, {"mask is 5x4"}));
   auto cache = attn::KVCache<T>(10, 8, 16);
   EXPECT_TRUE(throws_invalid([&] { layer.forward(x, cache); }, {fn, "16"}));
   layer.rope() = attn::Rope{.rotary_dim = 3};
   EXPECT_TRUE(throws_invalid([&] { layer.forward(x); }, {fn, "rotary_dim is 3"}));
   layer.rope().reset();
-  EXPECT_TRUE(throws_invalid([&] { layer.forward_varlen(x, {0, 6}); },
-                             {"attn::MultiHeadAttention::forward_varlen", "offsets of X", "5"}));
+  EXPECT_TRUE(throws_invalid(
+      [&] {
+        layer.forward_varlen(x, {0, 6});
+      },
+      {"attn::MultiHeadAttention::forward_varlen", "offsets of X", "5"}));
   layer.w_o().resize(31, 32);
   EXPECT_TRUE(throws_invalid([&] { layer.forward(x); }, {fn, "w_o() is 31x32", "must be 32x32"}));
 }

@@ -59,7 +59,8 @@ TYPED_TEST(RopeTest, DotProductsDependOnRelativePositionOnly) {
     Mat<T> qm = q, kn = k;
     attn::apply_rope(qm, 1, m);
     attn::apply_rope(kn, 1, n);
-    return double((qm.row(0).template cast<Real>() * kn.row(0).transpose().template cast<Real>())(0));
+    return double(
+        (qm.row(0).template cast<Real>() * kn.row(0).transpose().template cast<Real>())(0));
   };
   const double tol = std::is_same_v<T, float> ? 1e-4 : 1e-11;
   for (const Index shift : {Index(1), Index(50), Index(3000)}) {
@@ -80,8 +81,8 @@ TYPED_TEST(RopeTest, PerRowPositionsAndBlocks) {
   const std::vector<Index> positions{0, 1, 2, 0, 1, 40};  // two packed sequences, say
   Mat<T> y = x;
   attn::apply_rope(y, 2, positions);
-  EXPECT_TRUE(near_normwise(y, reference_rope(to_real(x), 2, positions, 10000, false),
-                            Tolerance<T>::rel));
+  EXPECT_TRUE(
+      near_normwise(y, reference_rope(to_real(x), 2, positions, 10000, false), Tolerance<T>::rel));
   // A block of columns (one head at a time) is rotated in place like the whole.
   Mat<T> z = x;
   attn::apply_rope(z.leftCols(8), 1, positions);
@@ -95,13 +96,16 @@ TYPED_TEST(RopeTest, RejectsBadArguments) {
   EXPECT_TRUE(throws_invalid([&] { attn::apply_rope(x, 5, 0); }, {"attn::apply_rope", "12", "5"}));
   EXPECT_TRUE(throws_invalid([&] { attn::apply_rope(x, 2, 0, {.rotary_dim = 5}); },
                              {"attn::apply_rope", "rotary_dim is 5", "6"}));
-  EXPECT_TRUE(throws_invalid([&] { attn::apply_rope(x, 2, 0, {.rotary_dim = 8}); },
-                             {"rotary_dim is 8"}));
+  EXPECT_TRUE(
+      throws_invalid([&] { attn::apply_rope(x, 2, 0, {.rotary_dim = 8}); }, {"rotary_dim is 8"}));
   EXPECT_TRUE(throws_invalid([&] { attn::apply_rope(x, 4, 0); }, {"rotary_dim", "3"}));  // odd
   EXPECT_TRUE(throws_invalid([&] { attn::apply_rope(x, 2, 0, {.base = -1}); }, {"base"}));
   EXPECT_TRUE(throws_invalid([&] { attn::apply_rope(x, 2, -1); }, {"first_position is -1"}));
-  EXPECT_TRUE(throws_invalid([&] { attn::apply_rope(x, 2, std::vector<Index>{0, 1}); },
-                             {"3x12", "2 positions"}));
+  EXPECT_TRUE(throws_invalid(
+      [&] {
+        attn::apply_rope(x, 2, std::vector<Index>{0, 1});
+      },
+      {"3x12", "2 positions"}));
 }
 
 }  // namespace

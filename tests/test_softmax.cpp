@@ -135,8 +135,8 @@ TYPED_TEST(Softmax, EmptyMatricesAreLeftAlone) {
 }  // namespace
 
 // The vectorised exp behind every weight (detail::FlushedExp, a fast polynomial for float and for
-// AVX2's and AVX-512's double packets) against long double over the whole range the softmax feeds it,
-// x in [log(min normal), 0]: within 4 ulp, exactly 0 below the range and at -inf, NaN kept.
+// AVX2's and AVX-512's double packets) against long double over the whole range the softmax feeds
+// it, x in [log(min normal), 0]: within 4 ulp, exactly 0 below the range and at -inf, NaN kept.
 namespace {
 template <class T>
 class FlushedExpTest : public ::testing::Test {};

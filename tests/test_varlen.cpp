@@ -24,7 +24,8 @@ void expect_matches_reference(const std::vector<Index>& len_q, const std::vector
                               attn::Options o, int heads, int kv_heads, Index d_k, Index d_v,
                               RefMask m) {
   const auto oq = offsets_of(len_q), ok = offsets_of(len_k);
-  const Mat<T> q = normal<T>(oq.back(), heads * d_k, 1), k = normal<T>(ok.back(), kv_heads * d_k, 2),
+  const Mat<T> q = normal<T>(oq.back(), heads * d_k, 1),
+               k = normal<T>(ok.back(), kv_heads * d_k, 2),
                v = normal<T>(ok.back(), kv_heads * d_v, 3);
   o.heads = heads;
   o.kv_heads = kv_heads;
@@ -34,8 +35,7 @@ void expect_matches_reference(const std::vector<Index>& len_q, const std::vector
         to_real(q.middleRows(oq[s], len_q[s])), to_real(k.middleRows(ok[s], len_k[s])),
         to_real(v.middleRows(ok[s], len_k[s])), heads, kv_heads, 1 / std::sqrt(Real(d_k)), m);
     EXPECT_TRUE(output_near<T>(got.output.middleRows(oq[s], len_q[s]), ref)) << "sequence " << s;
-    EXPECT_TRUE(lse_near<T>(got.lse.middleRows(oq[s], len_q[s]), ref.lse))
-        << "sequence " << s;
+    EXPECT_TRUE(lse_near<T>(got.lse.middleRows(oq[s], len_q[s]), ref.lse)) << "sequence " << s;
   }
 }
 

@@ -47,7 +47,7 @@ class KVCache {
         keys_(capacity_, k_cols),
         values_(capacity_, v_cols) {}
 
-  Index capacity() const noexcept { return capacity_; }  // rows allocated
+  Index capacity() const noexcept { return capacity_; }                   // rows allocated
   Index size() const noexcept { return std::min(position_, capacity_); }  // tokens held
   // Tokens appended since construction or clear(): the position the next token will take.
   Index position() const noexcept { return position_; }
@@ -91,9 +91,9 @@ class KVCache {
     using detail::shape;
     constexpr const char* fn = "KVCache::append";
     if (k.cols() != keys_.cols() || v.cols() != values_.cols() || k.rows() != v.rows())
-      detail::fail(fn, "keys are " + shape(k) + " and values " + shape(v) + "; the cache takes n x " +
-                           std::to_string(keys_.cols()) + " keys and n x " +
-                           std::to_string(values_.cols()) + " values");
+      detail::fail(fn, "keys are " + shape(k) + " and values " + shape(v) +
+                           "; the cache takes n x " + std::to_string(keys_.cols()) +
+                           " keys and n x " + std::to_string(values_.cols()) + " values");
     const Index n = k.rows();
     if (!windowed() && position_ + n > capacity_)
       detail::fail(fn, "the cache holds " + std::to_string(position_) + " of max_tokens = " +
@@ -128,9 +128,8 @@ class KVCache {
 
  private:
   static CachePolicy checked(Index max_tokens, Index k_cols, Index v_cols, const CachePolicy& p) {
-    const std::string sizes = "max_tokens = " + std::to_string(max_tokens) +
-                              ", key width " + std::to_string(k_cols) + ", value width " +
-                              std::to_string(v_cols);
+    const std::string sizes = "max_tokens = " + std::to_string(max_tokens) + ", key width " +
+                              std::to_string(k_cols) + ", value width " + std::to_string(v_cols);
     if (max_tokens < 0 || k_cols <= 0 || v_cols <= 0)
       detail::fail("KVCache", sizes + "; max_tokens must be >= 0 and the widths > 0");
     if (p.window < 0 || p.sink_tokens < 0 || (p.window == 0 && p.sink_tokens > 0))
@@ -190,8 +189,8 @@ Matrix<typename DQ::Scalar> cached_attention(const Eigen::MatrixBase<DQ>& q,
     // kernel, tiles and order as the full forward.
     cache.append(k_new, v_new);
     const Index held = cache.size();
-    return scaled_dot_product_attention(q, cache.keys().topRows(held),
-                                        cache.values().topRows(held), o);
+    return scaled_dot_product_attention(q, cache.keys().topRows(held), cache.values().topRows(held),
+                                        o);
   }
 
   // A ring's tokens lie in runs out of order, and the new tokens must be attended before they
@@ -207,8 +206,8 @@ Matrix<typename DQ::Scalar> cached_attention(const Eigen::MatrixBase<DQ>& q,
   };
   std::vector<Run> runs;
   for (const auto& s : cache.segments())
-    runs.push_back({cache.keys().middleRows(s.row, s.rows), cache.values().middleRows(s.row, s.rows),
-                    s.position});
+    runs.push_back({cache.keys().middleRows(s.row, s.rows),
+                    cache.values().middleRows(s.row, s.rows), s.position});
   const Index new_sinks = std::clamp<Index>(sinks - first, 0, n);
   if (new_sinks > 0) runs.push_back({kn.topRows(new_sinks), vn.topRows(new_sinks), first});
   if (n > new_sinks)

@@ -144,8 +144,8 @@ class MultiHeadAttention {
     constexpr const char* fn = "MultiHeadAttention::forward";
     const Options o = layer_options(fn, options, x_new, x_new);
     if (cache.key_cols() != kv_heads_ * d_head_ || cache.value_cols() != kv_heads_ * d_head_)
-      detail::fail(fn, "the cache holds keys " + std::to_string(cache.key_cols()) +
-                           " and values " + std::to_string(cache.value_cols()) +
+      detail::fail(fn, "the cache holds keys " + std::to_string(cache.key_cols()) + " and values " +
+                           std::to_string(cache.value_cols()) +
                            " wide; this layer's are kv_heads·d_head = " +
                            std::to_string(kv_heads_ * d_head_));
     auto [q, k, v] = project_qkv(x_new, x_new, cache.position());
@@ -176,22 +176,23 @@ class MultiHeadAttention {
  private:
   static Index checked_head_dim(Index d_model, int heads) {
     if (heads < 1 || d_model % heads != 0)
-      detail::fail("MultiHeadAttention", "d_model = " + std::to_string(d_model) + " and heads = " +
-                                             std::to_string(heads) +
+      detail::fail("MultiHeadAttention", "d_model = " + std::to_string(d_model) +
+                                             " and heads = " + std::to_string(heads) +
                                              "; heads must be >= 1 and divide d_model");
     return d_model / heads;
   }
 
   static Index checked(Index d_model, int heads, int kv_heads, Index d_head) {
-    const std::string dims = "d_model = " + std::to_string(d_model) + ", heads = " +
-                             std::to_string(heads) + ", kv_heads = " + std::to_string(kv_heads) +
-                             ", d_head = " + std::to_string(d_head);
+    const std::string dims =
+        "d_model = " + std::to_string(d_model) + ", heads = " + std::to_string(heads) +
+        ", kv_heads = " + std::to_string(kv_heads) + ", d_head = " + std::to_string(d_head);
     if (d_model <= 0 || heads < 1 || kv_heads < 1 || d_head <= 0)
       detail::fail("MultiHeadAttention", dims + "; every size must be > 0");
     if (heads % kv_heads != 0)
       detail::fail("MultiHeadAttention",
-                   dims + "; heads must be a multiple of kv_heads (each key/value head serves a "
-                          "whole group of query heads)");
+                   dims +
+                       "; heads must be a multiple of kv_heads (each key/value head serves a "
+                       "whole group of query heads)");
     return d_model;
   }
 
@@ -204,20 +205,20 @@ class MultiHeadAttention {
                   "attn::MultiHeadAttention: X must have the layer's scalar type");
     using detail::shape;
     const bool default_heads = options.heads == 1 && options.kv_heads == 0;
-    const bool same_heads = options.heads == heads_ &&
-                            (options.kv_heads == 0 ? heads_ : options.kv_heads) == kv_heads_;
+    const bool same_heads =
+        options.heads == heads_ && (options.kv_heads == 0 ? heads_ : options.kv_heads) == kv_heads_;
     if (!default_heads && !same_heads)
-      detail::fail(fn, "Options has heads = " + std::to_string(options.heads) + " and kv_heads = " +
-                           std::to_string(options.kv_heads) + " but the layer has heads = " +
-                           std::to_string(heads_) + " and kv_heads = " + std::to_string(kv_heads_) +
-                           " (leave them unset)");
+      detail::fail(fn, "Options has heads = " + std::to_string(options.heads) +
+                           " and kv_heads = " + std::to_string(options.kv_heads) +
+                           " but the layer has heads = " + std::to_string(heads_) +
+                           " and kv_heads = " + std::to_string(kv_heads_) + " (leave them unset)");
     if (xq.cols() != d_model_ || xkv.cols() != d_model_)
       detail::fail(fn, "Xq is " + shape(xq) + " and Xkv " + shape(xkv) + " but d_model is " +
                            std::to_string(d_model_) + " (self-attention passes X as both)");
     const auto expect = [&](const auto& p, const char* name, Index rows, Index cols) {
       if (p.rows() != rows || p.cols() != cols)
-        detail::fail(fn, std::string(name) + "() is " + shape(p) + " but must be " +
-                             shape(rows, cols));
+        detail::fail(fn,
+                     std::string(name) + "() is " + shape(p) + " but must be " + shape(rows, cols));
     };
     const Index q_cols = heads_ * d_head_, kv_cols = kv_heads_ * d_head_;
     expect(w_q_, "w_q", d_model_, q_cols);

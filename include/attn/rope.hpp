@@ -2,7 +2,8 @@
 //
 // Each head's vector is cut into pairs (x_a, x_b) and pair c of a token at position p is turned
 // by the angle p·theta_c, theta_c = base^(-2c / rotary_dim):
-//   x_a <- x_a cos(p theta_c) - x_b sin(p theta_c),   x_b <- x_b cos(p theta_c) + x_a sin(p theta_c).
+//   x_a <- x_a cos(p theta_c) - x_b sin(p theta_c),
+//   x_b <- x_b cos(p theta_c) + x_a sin(p theta_c).
 // Rotating queries and keys so makes q_m · k_n depend on m - n alone, which is why a decoder can
 // rotate each key once, by its own position, and cache it.
 #pragma once
@@ -27,9 +28,9 @@ enum class RopeStyle {
 };
 
 struct Rope {
-  double base = 10000;                    // theta_c = base^(-2c / rotary_dim)
+  double base = 10000;  // theta_c = base^(-2c / rotary_dim)
   RopeStyle style = RopeStyle::half_split;
-  Index rotary_dim = 0;                   // leading dims of each head that rotate; 0 = all of it
+  Index rotary_dim = 0;  // leading dims of each head that rotate; 0 = all of it
 };
 
 namespace detail {
@@ -60,8 +61,9 @@ void rotate_rows(Eigen::MatrixBase<Derived>& x, Index heads, Index dim, const Ro
   // order: cos(a + e) = cos a - e sin a, sin(a + e) = sin a + e cos a (the e^2 terms are < 1e-20).
   std::vector<double> theta_hi(half), theta_lo(half);
   for (Index c = 0; c < half; ++c) {
-    const long double t = std::pow(static_cast<long double>(r.base),
-                                   -2.0L * static_cast<long double>(c) / static_cast<long double>(dim));
+    const long double t =
+        std::pow(static_cast<long double>(r.base),
+                 -2.0L * static_cast<long double>(c) / static_cast<long double>(dim));
     theta_hi[c] = static_cast<double>(t);
     theta_lo[c] = static_cast<double>(t - static_cast<long double>(theta_hi[c]));
   }

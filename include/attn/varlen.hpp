@@ -71,8 +71,8 @@ void varlen(const HeadLayout& l, const RowMajorRef<T>& q, const RowMajorRef<T>& 
       first_item.back(), o.threads,
       [&] { return FlashWorkspace<T, BlockQ, BlockK, Tiles>(l.d_k, l.d_v); },
       [&](Index item, auto& ws) {
-        const Index s = std::upper_bound(first_item.begin(), first_item.end(), item) -
-                        first_item.begin() - 1;
+        const Index s =
+            std::upper_bound(first_item.begin(), first_item.end(), item) - first_item.begin() - 1;
         const FlashProblem<T>& p = problems[s];
         const Index local = item - first_item[s], blocks = (p.l.n_q + span - 1) / span;
         flash_rows<BlockQ, BlockK, Tiles>(p, NoScoreMask{}, local / blocks, local % blocks * span,
@@ -97,8 +97,8 @@ AttentionOutput<typename DQ::Scalar> varlen_checked(const char* fn, const Eigen:
                  std::to_string(offsets_k.size() - 1) + " key sequences");
   const ScoreRules rules = checked_rules(fn, o, l);  // the band is set per sequence
   AttentionOutput<T> r;
-  varlen<DefaultTiles<T>::q, DefaultTiles<T>::k, DefaultTiles<T>::group, T>(
-      l, q, k, v, offsets_q, offsets_k, o, rules, r);
+  varlen<DefaultTiles<T>::q, DefaultTiles<T>::k, DefaultTiles<T>::group, T>(l, q, k, v, offsets_q,
+                                                                            offsets_k, o, rules, r);
   return r;
 }
 
@@ -119,10 +119,12 @@ Matrix<typename DQ::Scalar> varlen_attention(const Eigen::MatrixBase<DQ>& q,
 
 // The same with each row's log-sum-exp (sum n_q) x heads.
 template <class DQ, class DK, class DV>
-AttentionOutput<typename DQ::Scalar> varlen_attention_with_lse(
-    const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k, const Eigen::MatrixBase<DV>& v,
-    const std::vector<Index>& offsets_q, const std::vector<Index>& offsets_k,
-    const Options& options = {}) {
+AttentionOutput<typename DQ::Scalar> varlen_attention_with_lse(const Eigen::MatrixBase<DQ>& q,
+                                                               const Eigen::MatrixBase<DK>& k,
+                                                               const Eigen::MatrixBase<DV>& v,
+                                                               const std::vector<Index>& offsets_q,
+                                                               const std::vector<Index>& offsets_k,
+                                                               const Options& options = {}) {
   return detail::varlen_checked("varlen_attention_with_lse", q, k, v, offsets_q, offsets_k,
                                 options);
 }
